@@ -1,0 +1,36 @@
+# Two commands matter on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint check bench eval venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/cmg up
+
+test: venv
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff format --check gateway memory workers tests bench
+	$(BIN)/ruff check gateway memory workers tests bench
+
+check: lint
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+eval: venv
+	$(BIN)/python -m bench.recall_eval
+
+clean:
+	rm -rf $(VENV) .cmg
