@@ -1,0 +1,88 @@
+"""``/admin/*``: workspaces and keys, behind the master key (``CMG_MASTER_KEY``)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import workspaces
+from gateway.auth import bearer
+from gateway.deps import Deps
+from gateway.errors import BadRequest, Forbidden, Unauthorized
+from gateway.protocol import parse_object, read_body
+
+
+def _admin(request: Request) -> Deps:
+    deps: Deps = request.state.deps
+    master = deps.settings.master_key
+    if not master:
+        raise Forbidden("the admin API is disabled: set CMG_MASTER_KEY", code="admin_disabled")
+    if not hmac.compare_digest(bearer(request).encode(), master.encode()):
+        raise Unauthorized("invalid master key", code="invalid_api_key")
+    return deps
+
+
+async def _body(request: Request, deps: Deps) -> dict[str, Any]:
+    return parse_object(await read_body(request, deps.settings.max_body_bytes))
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str:
+    value = body.get(name, None if required else "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{name} must be a non-empty string", param=name, code="invalid_type")
+    return value
+
+
+async def list_workspaces(request: Request) -> Response:
+    deps = _admin(request)
+    async with deps.sessions() as session:
+        rows = await workspaces.list_workspaces(session)
+    data = [{"id": str(w.id), "object": "workspace", "name": w.name} for w in rows]
+    return _json({"object": "list", "data": data})
+
+
+async def create_workspace(request: Request) -> Response:
+    deps = _admin(request)
+    body = await _body(request, deps)
+    async with deps.sessions.begin() as session:
+        workspace = await workspaces.create_workspace(session, _string(body, "name"))
+    return _json({"id": str(workspace.id), "object": "workspace", "name": workspace.name}, 201)
+
+
+async def list_keys(request: Request) -> Response:
+    deps = _admin(request)
+    async with deps.sessions() as session:
+        keys = await workspaces.list_keys(session, request.query_params.get("workspace"))
+    return _json({"object": "list", "data": [k.as_json() for k in keys]})
+
+
+async def create_key(request: Request) -> Response:
+    deps = _admin(request)
+    body = await _body(request, deps)
+    days = body.get("expires_in_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)):
+        raise BadRequest("expires_in_days must be a number", param="expires_in_days")
+    async with deps.sessions.begin() as session:
+        secret, info = await workspaces.create_key(
+            session,
+            _string(body, "workspace"),
+            name=_string(body, "name", required=False),
+            expires_in_days=days,
+        )
+    return _json({**info.as_json(), "key": secret}, 201)
+
+
+async def revoke_key(request: Request) -> Response:
+    deps = _admin(request)
+    async with deps.sessions.begin() as session:
+        info = await workspaces.revoke_key(session, request.path_params["key_id"])
+    deps.keys.forget()
+    return _json(info.as_json())

@@ -1,0 +1,83 @@
+"""Step 1 of a request: the API key → the calling workspace.
+
+Keys are looked up by SHA-256 and cached in-process for ``auth_cache_seconds``, so a
+request costs no database round-trip. When the database is unreachable, a key seen before
+keeps working from its (stale) cache entry; an unknown key then gets 503, not 401.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.requests import Request
+
+from gateway.errors import ServiceUnavailable, Unauthorized
+from gateway.workspaces import KeyRecord, hash_secret
+
+_NEGATIVE_TTL = 5.0
+_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    workspace_id: str
+    workspace: str
+    settings: dict[str, Any]
+
+
+Lookup = Callable[[str], Awaitable[KeyRecord | None]]
+
+
+class KeyCache:
+    def __init__(self, lookup: Lookup, ttl: float) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def resolve(self, secret: str) -> KeyRecord | None:
+        key_hash = hash_secret(secret)
+        now = time.monotonic()
+        hit = self._entries.get(key_hash)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            record = await self._lookup(key_hash)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if hit is not None and hit[1] is not None:
+                return hit[1]  # stale but known: keep serving while the database is away
+            raise ServiceUnavailable("the key store is unavailable; retry shortly") from exc
+        if len(self._entries) >= _MAX_ENTRIES:
+            self._entries.clear()
+        ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
+        self._entries[key_hash] = (now + ttl, record)
+        return record
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer cmg_...'", code="missing_api_key"
+        )
+    return token.strip()
+
+
+async def authenticate(request: Request, keys: KeyCache) -> Caller:
+    record = await keys.resolve(bearer(request))
+    if record is None:
+        raise Unauthorized("invalid API key", code="invalid_api_key")
+    if record.revoked:
+        raise Unauthorized("this API key has been revoked", code="revoked_api_key")
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        raise Unauthorized("this API key has expired", code="expired_api_key")
+    return Caller(record.key_id, record.workspace_id, record.workspace, record.settings)

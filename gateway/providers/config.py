@@ -1,0 +1,109 @@
+"""Providers, aliases and fallbacks: OpenRouter by default, more from a TOML file.
+
+```toml
+default = "openrouter"              # provider for models no other rule claims
+
+[[provider]]
+name = "groq"
+base_url = "https://api.groq.com/openai/v1"
+api_key_env = "GROQ_API_KEY"        # the key is read from this env var, never written here
+prefix = "groq/"                    # "groq/llama-3.1-8b-instant" → model "llama-3.1-8b-instant"
+models = ["llama-3.3-70b"]          # exact ids routed here as they are
+timeout = 120                       # seconds to first byte / between chunks
+connect_timeout = 5
+retries = 2
+catalog = true                      # sync GET /models into the catalog
+headers = { "X-Title" = "cmg" }
+
+[alias]
+fast = "groq/llama-3.1-8b-instant"
+
+[fallback]
+"openai/gpt-4o" = ["groq/llama-3.3-70b", "anthropic/claude-sonnet-4"]
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    prefix: str = ""
+    models: frozenset[str] = frozenset()
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    retries: int = 2
+    catalog: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    providers: Mapping[str, Provider]
+    default: str
+    aliases: Mapping[str, str]
+    fallbacks: Mapping[str, tuple[str, ...]]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(settings: Settings, environ: Mapping[str, str] | None = None) -> ProviderConfig:
+    """The providers file (if any) over the built-in OpenRouter provider."""
+    env = os.environ if environ is None else environ
+    openrouter = Provider(
+        name="openrouter",
+        base_url=settings.openrouter_base_url.rstrip("/"),
+        api_key=settings.openrouter_api_key,
+        timeout=settings.upstream_timeout,
+        connect_timeout=settings.upstream_connect_timeout,
+        retries=settings.upstream_retries,
+    )
+    raw: dict[str, Any] = {}
+    if settings.providers_file:
+        path = Path(settings.providers_file)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"CMG_PROVIDERS {path}: {exc}") from exc
+    providers = {"openrouter": openrouter}
+    for entry in raw.get("provider", []):
+        provider = _provider(entry, settings, env)
+        providers[provider.name] = provider
+    default = str(raw.get("default", "openrouter"))
+    if default not in providers:
+        raise ConfigError(f"default provider {default!r} is not defined")
+    aliases = {str(k): str(v) for k, v in raw.get("alias", {}).items()}
+    fallbacks = {str(k): tuple(str(m) for m in v) for k, v in raw.get("fallback", {}).items()}
+    return ProviderConfig(providers, default, aliases, fallbacks)
+
+
+def _provider(entry: Any, settings: Settings, env: Mapping[str, str]) -> Provider:
+    if not isinstance(entry, dict) or not entry.get("name") or not entry.get("base_url"):
+        raise ConfigError("every [[provider]] needs a name and a base_url")
+    key_env = entry.get("api_key_env")
+    return Provider(
+        name=str(entry["name"]),
+        base_url=str(entry["base_url"]).rstrip("/"),
+        api_key=env.get(str(key_env), "") if key_env else "",
+        prefix=str(entry.get("prefix", "")),
+        models=frozenset(str(m) for m in entry.get("models", [])),
+        timeout=float(entry.get("timeout", settings.upstream_timeout)),
+        connect_timeout=float(entry.get("connect_timeout", settings.upstream_connect_timeout)),
+        retries=int(entry.get("retries", settings.upstream_retries)),
+        catalog=bool(entry.get("catalog", True)),
+        headers={str(k): str(v) for k, v in entry.get("headers", {}).items()},
+    )

@@ -1,0 +1,110 @@
+"""Settings: the one reader of ``os.environ``.
+
+Every knob is declared once in ``FIELDS`` with its env var, default and help text. ``Settings``
+is frozen and built at start (``Settings.from_env()``); tests build ``Settings(...)`` directly.
+A test checks that every env var here appears in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    help: str
+
+
+def _s(env: str, help: str, default: Any) -> Any:
+    return field(default=default, metadata={"setting": Setting(env, help)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _s("CMG_HOST", "Address the gateway listens on.", "127.0.0.1")
+    port: int = _s("CMG_PORT", "Port the gateway listens on.", 8080)
+    workers: int = _s("CMG_WORKERS", "uvicorn worker processes for `cmg serve`.", 1)
+    data_dir: Path = _s(
+        "CMG_DATA_DIR", "Where embedded PostgreSQL/Redis and local state live.", Path(".cmg")
+    )
+    database_url: str = _s(
+        "DATABASE_URL", "PostgreSQL (with pgvector). Unset: embedded PostgreSQL in the data dir.", ""
+    )
+    redis_url: str = _s("REDIS_URL", "Redis. Unset: embedded redis-server in the data dir.", "")
+    master_key: str = _s(
+        "CMG_MASTER_KEY", "Master key for `/admin/*`. Unset: the admin API is closed.", ""
+    )
+    openrouter_api_key: str = _s("OPENROUTER_API_KEY", "Key for the default provider.", "")
+    openrouter_base_url: str = _s(
+        "OPENROUTER_BASE_URL", "Base URL of the default provider.", "https://openrouter.ai/api/v1"
+    )
+    providers_file: str = _s(
+        "CMG_PROVIDERS", "Path of a TOML file adding providers, aliases and fallbacks.", ""
+    )
+    max_body_bytes: int = _s(
+        "CMG_MAX_BODY_BYTES", "Largest request body accepted (413 above).", 8 * 1024 * 1024
+    )
+    upstream_timeout: float = _s(
+        "CMG_UPSTREAM_TIMEOUT", "Seconds to wait for an upstream response (or next chunk).", 600.0
+    )
+    upstream_connect_timeout: float = _s(
+        "CMG_UPSTREAM_CONNECT_TIMEOUT", "Seconds to connect to an upstream.", 10.0
+    )
+    upstream_retries: int = _s(
+        "CMG_UPSTREAM_RETRIES", "Retries per provider on connect errors, 429 and 5xx.", 2
+    )
+    retry_base_delay: float = _s(
+        "CMG_RETRY_BASE_DELAY", "First backoff delay in seconds (doubles, full jitter).", 0.25
+    )
+    retry_max_delay: float = _s(
+        "CMG_RETRY_MAX_DELAY", "Longest wait before a retry, Retry-After included.", 8.0
+    )
+    auth_cache_seconds: float = _s(
+        "CMG_AUTH_CACHE_SECONDS", "How long a verified key stays cached in-process.", 30.0
+    )
+    catalog_refresh_seconds: float = _s(
+        "CMG_CATALOG_REFRESH_SECONDS", "How often each gateway reloads the model catalog.", 60.0
+    )
+    log_level: str = _s("CMG_LOG_LEVEL", "Log level (debug, info, warning, error).", "info")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["setting"].env)
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.type, raw, f.metadata["setting"].env)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "dev_key"
+
+
+def _convert(type_name: Any, raw: str, env: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{env}: cannot read {raw!r} as {kind}") from exc
+    return raw
+
+
+def documented() -> list[Setting]:
+    """Every setting, for the README table and its test."""
+    return [f.metadata["setting"] for f in dataclasses.fields(Settings)]

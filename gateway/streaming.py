@@ -1,0 +1,144 @@
+"""SSE relay: upstream events go to the client one by one, as they arrive, unchanged.
+
+Each complete event is checked (its ``data`` must be JSON or ``[DONE]``) and observed by a
+``StreamTap`` that assembles the answer and usage for memory and accounting. After the
+stream has started nothing can change the status code: an upstream failure becomes one
+``data: {"error": ...}`` event and the stream ends cleanly. A client disconnect cancels the
+generator, whose ``finally`` closes the upstream response, so the provider sees it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import error_body
+from gateway.providers.client import Upstream
+
+
+@dataclass
+class StreamTap:
+    """What the stream said, reassembled: per-choice text and tool calls, usage, errors."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    tool_calls: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    error: dict[str, Any] | None = None
+    done: bool = False
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if isinstance(chunk.get("error"), dict):
+            self.error = chunk["error"]
+        self.model = chunk.get("model") or self.model
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict):
+                self._choice(choice)
+
+    def _choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index", 0) if isinstance(choice.get("index"), int) else 0
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        if not isinstance(delta, dict):
+            return
+        if isinstance(delta.get("content"), str):
+            self.texts.setdefault(index, []).append(delta["content"])
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, dict):
+                self._tool_call(index, call)
+
+    def _tool_call(self, index: int, call: dict[str, Any]) -> None:
+        slot = self.tool_calls.setdefault(index, {}).setdefault(
+            call.get("index", 0), {"id": None, "type": "function", "name": "", "arguments": ""}
+        )
+        slot["id"] = call.get("id") or slot["id"]
+        function = call.get("function") or {}
+        slot["name"] += function.get("name") or ""
+        slot["arguments"] += function.get("arguments") or ""
+
+    def text(self, index: int = 0) -> str:
+        return "".join(self.texts.get(index, ()))
+
+
+def sse_error(message: str, type: str, code: str | None) -> bytes:
+    return b"data: " + orjson.dumps(error_body(message, type, None, code)) + b"\n\n"
+
+
+async def relay(
+    upstream: Upstream, tap: StreamTap, on_end: Callable[[StreamTap], None] | None = None
+) -> AsyncIterator[bytes]:
+    splitter = _EventSplitter()
+    try:
+        async for chunk in upstream.response.content.iter_any():
+            events = splitter.feed(chunk)
+            if not events:
+                continue
+            out, bad = _check(events, tap)
+            if out:
+                yield out
+            if bad:
+                yield sse_error("provider sent a malformed stream event", "upstream_error", "bad_sse")
+                return
+        tail = splitter.rest()
+        if tail:
+            out, bad = _check([tail], tap)
+            yield out if not bad else sse_error(
+                "provider sent a malformed stream event", "upstream_error", "bad_sse"
+            )
+    except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+        tap.error = {"message": type(exc).__name__}
+        yield sse_error(
+            f"the provider stream broke off: {type(exc).__name__}", "upstream_error", "stream_error"
+        )
+    finally:
+        upstream.close()
+        if on_end is not None:
+            on_end(tap)
+
+
+class _EventSplitter:
+    """Bytes in, complete SSE events (without the blank-line terminator) out."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._buffer + chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        *events, self._buffer = data.split(b"\n\n")
+        return events
+
+    def rest(self) -> bytes:
+        rest, self._buffer = self._buffer.strip(), b""
+        return rest
+
+
+def _check(events: list[bytes], tap: StreamTap) -> tuple[bytes, bool]:
+    """The events re-framed for the client, and whether one of them was malformed."""
+    good: list[bytes] = []
+    for event in events:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                tap.done = True
+                continue
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return b"".join(good), True
+            if isinstance(parsed, dict):
+                tap.observe(parsed)
+        good.append(event + b"\n\n")
+    return b"".join(good), False

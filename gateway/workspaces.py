@@ -1,0 +1,183 @@
+"""Workspaces and their API keys: creation, listing, revocation, lookup by hash.
+
+A key is ``cmg_`` + 32 random bytes in base62, shown once; only its SHA-256 is stored.
+The CLI and the admin API both call these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import BadRequest, NotFound
+from memory.schema import ApiKey, Workspace
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_PREFIX = "cmg_"
+
+
+def new_secret() -> str:
+    n = int.from_bytes(secrets.token_bytes(32), "big")
+    digits = []
+    for _ in range(43):  # 62**43 > 2**256
+        n, r = divmod(n, 62)
+        digits.append(_ALPHABET[r])
+    return KEY_PREFIX + "".join(digits)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    workspace: str
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "api_key",
+            "workspace": self.workspace,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": int(self.created_at.timestamp()),
+            "expires_at": _ts(self.expires_at),
+            "revoked_at": _ts(self.revoked_at),
+        }
+
+
+def _ts(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+async def create_workspace(session: AsyncSession, name: str) -> Workspace:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadRequest("workspace name must be 1-200 characters", param="name")
+    workspace = Workspace(id=uuid.uuid4(), name=name, settings={})
+    session.add(workspace)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise BadRequest(f"workspace {name!r} already exists", param="name", code="exists") from exc
+    return workspace
+
+
+async def get_workspace(session: AsyncSession, name: str) -> Workspace:
+    workspace = await session.scalar(select(Workspace).where(Workspace.name == name))
+    if workspace is None:
+        raise NotFound(f"no workspace named {name!r}", param="workspace", code="not_found")
+    return workspace
+
+
+async def list_workspaces(session: AsyncSession) -> list[Workspace]:
+    return list(await session.scalars(select(Workspace).order_by(Workspace.created_at)))
+
+
+async def create_key(
+    session: AsyncSession,
+    workspace_name: str,
+    *,
+    name: str = "",
+    expires_in_days: float | None = None,
+) -> tuple[str, KeyInfo]:
+    """A new key; the secret is returned here and never again."""
+    workspace = await get_workspace(session, workspace_name)
+    if expires_in_days is not None and expires_in_days <= 0:
+        raise BadRequest("expires_in_days must be positive", param="expires_in_days")
+    secret = new_secret()
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    key = ApiKey(
+        id=uuid.uuid4(),
+        workspace_id=workspace.id,
+        name=name,
+        prefix=secret[:8],
+        key_hash=hash_secret(secret),
+        created_at=datetime.now(UTC),
+        expires_at=expires,
+    )
+    session.add(key)
+    await session.flush()
+    return secret, _info(key, workspace.name)
+
+
+async def list_keys(session: AsyncSession, workspace_name: str | None = None) -> list[KeyInfo]:
+    query = select(ApiKey, Workspace.name).join(Workspace).order_by(ApiKey.created_at)
+    if workspace_name is not None:
+        query = query.where(Workspace.name == workspace_name)
+    rows = await session.execute(query)
+    return [_info(key, ws_name) for key, ws_name in rows.tuples()]
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> KeyInfo:
+    parsed = _parse_id(key_id)
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == parsed, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    row = (
+        await session.execute(select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed))
+    ).first()
+    if row is None:
+        raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
+    key, ws_name = row.tuple()
+    return _info(key, ws_name)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What auth needs of a key, loaded by its hash."""
+
+    key_id: str
+    workspace_id: str
+    workspace: str
+    settings: dict[str, Any]
+    expires_at: datetime | None
+    revoked: bool
+
+
+async def find_key(session: AsyncSession, key_hash: str) -> KeyRecord | None:
+    row = (
+        await session.execute(
+            select(ApiKey, Workspace).join(Workspace).where(ApiKey.key_hash == key_hash)
+        )
+    ).first()
+    if row is None:
+        return None
+    key, workspace = row.tuple()
+    return KeyRecord(
+        str(key.id),
+        str(workspace.id),
+        workspace.name,
+        dict(workspace.settings or {}),
+        key.expires_at,
+        key.revoked_at is not None,
+    )
+
+
+def _parse_id(key_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(key_id)
+    except ValueError as exc:
+        raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found") from exc
+
+
+def _info(key: ApiKey, workspace: str) -> KeyInfo:
+    return KeyInfo(
+        str(key.id), workspace, key.name, key.prefix, key.created_at, key.expires_at, key.revoked_at
+    )
