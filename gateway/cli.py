@@ -139,6 +139,27 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, info.as_json(), f"revoked {info.id}")
 
 
+def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> None:
+    count = sync_catalog(resolve_services(settings))
+    print(f"catalog: {count} models")
+
+
+def sync_catalog(settings: Settings) -> int:
+    from gateway.providers import config as provider_config
+    from gateway.providers.client import ProviderClient
+    from workers import catalog
+
+    async def work(session: Any) -> int:
+        client = ProviderClient(settings)
+        await client.start()
+        try:
+            return await catalog.sync(session, client, provider_config.load(settings))
+        finally:
+            await client.close()
+
+    return _db(settings, work)
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from gateway import launcher
 
@@ -166,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(run=cmd_migrate)
     sub.add_parser("up", help="dev stack: services, migrations, dev key, gateway").set_defaults(
         run=cmd_up
+    )
+
+    catalog = sub.add_parser("catalog", help="model catalog").add_subparsers(
+        dest="action", required=True
+    )
+    catalog.add_parser("sync", help="fetch every provider's /models").set_defaults(
+        run=cmd_catalog_sync
     )
 
     workspace = sub.add_parser("workspace", help="manage workspaces").add_subparsers(

@@ -83,6 +83,7 @@ class EmbeddedRedis:
     port: int
     pid: int
     pidfile: Path
+    proc: subprocess.Popen[bytes] | None = None  # None when adopted from a previous run
 
     @property
     def url(self) -> str:
@@ -90,6 +91,8 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         _terminate(self.pid)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
         self.pidfile.unlink(missing_ok=True)
 
 
@@ -131,7 +134,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
     )  # fmt: skip
     pidfile.write_text(f"{proc.pid} {port}\n")
     _wait_for(lambda: _redis_ping(port), what=f"redis on port {port}", proc=proc)
-    return EmbeddedRedis(port, proc.pid, pidfile)
+    return EmbeddedRedis(port, proc.pid, pidfile, proc)
 
 
 def _read_orphan(pidfile: Path) -> tuple[int, int] | None:

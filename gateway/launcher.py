@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -42,6 +43,7 @@ def up(settings: Settings) -> None:
 
     migrate.upgrade(env["DATABASE_URL"])
     key = _dev_key(settings, env["DATABASE_URL"])
+    _sync_catalog(dataclasses.replace(settings, database_url=env["DATABASE_URL"]))
     children = [_spawn(name, args, env) for name, args in _CHILDREN]
     _banner(settings, key, env)
     try:
@@ -80,6 +82,18 @@ def _dev_key(settings: Settings, database_url: str) -> str:
         return secret
 
     return asyncio.run(ensure())
+
+
+def _sync_catalog(settings: Settings) -> None:
+    """Best effort: without a reachable provider the gateway still starts."""
+    from gateway.cli import sync_catalog
+
+    try:
+        count = sync_catalog(settings)
+    except Exception as exc:  # offline or misconfigured provider: say so and go on
+        print(f"cmg: model catalog not synced ({type(exc).__name__})", file=sys.stderr)
+    else:
+        print(f"cmg: model catalog has {count} models", file=sys.stderr)
 
 
 def _secret_file(path: Path, prefix: str) -> str:

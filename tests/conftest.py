@@ -1,0 +1,241 @@
+"""Session fixtures: real embedded PostgreSQL + Redis, a real mock upstream, real gateways.
+
+The gateway under test is a separate ``python -m gateway serve`` process, so every request
+crosses real sockets and the real client code; tests drive it with the official ``openai`` SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from gateway import embedded, workspaces
+from gateway.cli import sync_catalog
+from gateway.settings import Settings
+from memory import migrate
+from memory.db import async_engine, sessionmaker
+from tests.mock_upstream import MockUpstream
+
+ROOT = Path(__file__).resolve().parents[1]
+MASTER_KEY = "cmgm_test_master_key"
+UPSTREAM_KEY = "sk-upstream-test"
+ALT_KEY = "sk-alt-provider"
+
+
+@dataclass
+class Services:
+    database_url: str
+    redis_url: str
+    data_dir: Path
+
+
+@dataclass
+class Tenant:
+    name: str
+    key: str
+    key_id: str
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    data_dir = tmp_path_factory.mktemp("cmg-data")
+    pg = embedded.start_postgres(data_dir)
+    rd = embedded.start_redis(data_dir)
+    migrate.upgrade(pg.url)
+    try:
+        yield Services(pg.url, rd.url, data_dir)
+    finally:
+        rd.stop()
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[MockUpstream]:
+    upstream = MockUpstream().start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+def providers_file(path: Path, mock: MockUpstream) -> Path:
+    dead = embedded.free_port()
+    path.write_text(
+        f"""
+[[provider]]
+name = "alt"
+base_url = "{mock.base_url}"
+api_key_env = "ALT_KEY"
+prefix = "alt/"
+catalog = false
+retries = 1
+
+[[provider]]
+name = "dead"
+base_url = "http://127.0.0.1:{dead}/v1"
+prefix = "dead/"
+catalog = false
+retries = 1
+
+[alias]
+fast = "mock/gpt"
+
+[fallback]
+"alt/flaky" = ["alt/backup"]
+"dead/model" = ["mock/gpt"]
+"""
+    )
+    return path
+
+
+def gateway_env(services: Services, mock: MockUpstream, providers: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CMG_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(
+        DATABASE_URL=services.database_url,
+        REDIS_URL=services.redis_url,
+        CMG_DATA_DIR=str(services.data_dir),
+        CMG_MASTER_KEY=MASTER_KEY,
+        OPENROUTER_BASE_URL=mock.base_url,
+        OPENROUTER_API_KEY=UPSTREAM_KEY,
+        ALT_KEY=ALT_KEY,
+        CMG_PROVIDERS=str(providers),
+        CMG_RETRY_BASE_DELAY="0.01",
+        CMG_RETRY_MAX_DELAY="2",
+        CMG_UPSTREAM_TIMEOUT="2",
+        CMG_AUTH_CACHE_SECONDS="1",
+        CMG_CATALOG_REFRESH_SECONDS="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Gateway:
+    """A real ``cmg serve`` process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = embedded.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.log_path = log
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gateway did not start")
+
+    def client(self, key: str, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def providers(tmp_path_factory: pytest.TempPathFactory, mock: MockUpstream) -> Path:
+    return providers_file(tmp_path_factory.mktemp("conf") / "providers.toml", mock)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    services: Services, mock: MockUpstream, providers: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    env = gateway_env(services, mock, providers)
+    settings = Settings.from_env(env)
+    sync_catalog(settings)
+    gw = Gateway(env, tmp_path_factory.mktemp("logs") / "gateway.log")
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def run_db(services: Services, work: Any) -> Any:
+    async def run() -> Any:
+        engine = async_engine(services.database_url, pool_size=1)
+        try:
+            async with sessionmaker(engine).begin() as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def make_tenant(services: Services, expires_in_days: float | None = None) -> Tenant:
+    name = f"ws-{uuid.uuid4().hex[:10]}"
+
+    async def work(session: Any) -> tuple[str, workspaces.KeyInfo]:
+        await workspaces.create_workspace(session, name)
+        return await workspaces.create_key(session, name, expires_in_days=expires_in_days)
+
+    secret, info = run_db(services, work)
+    return Tenant(name, secret, info.id)
+
+
+@pytest.fixture
+def tenant(services: Services) -> Tenant:
+    return make_tenant(services)
+
+
+@pytest.fixture
+def client(gateway: Gateway, tenant: Tenant) -> Iterator[openai.OpenAI]:
+    with gateway.client(tenant.key) as c:
+        yield c
+
+
+@pytest.fixture
+def http(gateway: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh model-name suffix so scripted mock replies never leak between tests."""
+    return uuid.uuid4().hex[:8]
+
+
+__all__ = ["Gateway", "Services", "Tenant", "dataclasses"]
