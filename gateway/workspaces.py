@@ -135,7 +135,7 @@ async def revoke_key(session: AsyncSession, key_id: str) -> KeyInfo:
     ).first()
     if row is None:
         raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
-    key, ws_name = row.tuple()
+    key, ws_name = row
     return _info(key, ws_name)
 
 
@@ -159,7 +159,7 @@ async def find_key(session: AsyncSession, key_hash: str) -> KeyRecord | None:
     ).first()
     if row is None:
         return None
-    key, workspace = row.tuple()
+    key, workspace = row
     return KeyRecord(
         str(key.id),
         str(workspace.id),
