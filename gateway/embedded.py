@@ -90,7 +90,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        _terminate(self.pid)
+        terminate(self.pid)
         if self.proc is not None:
             self.proc.wait(timeout=10)
         self.pidfile.unlink(missing_ok=True)
@@ -112,7 +112,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
         pid, old_port = orphan
         if _redis_ping(old_port):
             return EmbeddedRedis(old_port, pid, pidfile)
-        _terminate(pid)
+        terminate(pid)
     port = port or free_port()
     proc = subprocess.Popen(
         [
@@ -159,7 +159,7 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def _terminate(pid: int) -> None:
+def terminate(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)
     for _ in range(50):

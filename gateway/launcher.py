@@ -44,13 +44,17 @@ def up(settings: Settings) -> None:
     migrate.upgrade(env["DATABASE_URL"])
     key = _dev_key(settings, env["DATABASE_URL"])
     _sync_catalog(dataclasses.replace(settings, database_url=env["DATABASE_URL"]))
+    pidfile = settings.data_dir / "children.pid"
+    _kill_leftovers(pidfile)
     children = [_spawn(name, args, env) for name, args in _CHILDREN]
+    pidfile.write_text("".join(f"{proc.pid}\n" for proc in children))
     _banner(settings, key, env)
     try:
         _supervise(children)
     finally:
         for proc in children:
             _stop(proc)
+        pidfile.unlink(missing_ok=True)
         for stop in reversed(stoppers):
             stop()
         print("cmg: stopped", file=sys.stderr)
@@ -112,7 +116,30 @@ def _write_private(path: Path, text: str) -> None:
 
 def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gateway", *args]
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the launcher dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _kill_leftovers(pidfile: Path) -> None:
+    """Children of a crashed previous run still holding ports: stop them first."""
+    try:
+        pids = [int(line) for line in pidfile.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"gateway" in cmdline:
+            embedded.terminate(pid)
 
 
 def _banner(settings: Settings, key: str, env: dict[str, Any]) -> None:
