@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import admin, deps, embeddings, health, models
+from gateway import admin, deps, embeddings, health, memory_api, models
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, error_body, json_error
 from gateway.settings import Settings
@@ -36,6 +36,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
+        Route("/v1/memory/items", memory_api.add_items, methods=["POST"]),
+        Route("/v1/memory/items/{item_id}", memory_api.get_item, methods=["GET"]),
+        Route("/v1/memory/items/{item_id}", memory_api.delete_item, methods=["DELETE"]),
+        Route("/v1/memory/search", memory_api.search, methods=["GET"]),
+        Route("/v1/memory/threads", memory_api.list_threads, methods=["GET"]),
+        Route("/v1/memory/threads/{thread_id:path}", memory_api.get_thread, methods=["GET"]),
+        Route("/v1/memory/threads/{thread_id:path}", memory_api.delete_thread, methods=["DELETE"]),
+        Route("/v1/memory/users/{user:path}", memory_api.delete_user, methods=["DELETE"]),
+        Route("/v1/memory/requests/{request_id}", memory_api.get_injection, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/admin/workspaces", admin.list_workspaces, methods=["GET"]),

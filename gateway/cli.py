@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     settings = resolve_services(settings)
     if args.migrate or not Settings.from_env().database_url:
-        migrate.upgrade(settings.database_url)
+        migrate.upgrade(settings.database_url, embedding_dim=settings.embedding_dim)
     host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
     common: dict[str, Any] = {
@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
     from memory import migrate
 
-    migrate.upgrade(resolve_services(settings).database_url)
+    migrate.upgrade(resolve_services(settings).database_url, embedding_dim=settings.embedding_dim)
     print("database is at the latest revision")
 
 

@@ -18,6 +18,9 @@ from gateway.providers.router import Router
 from gateway.settings import Settings
 from gateway.workspaces import KeyRecord, find_key
 from memory.db import async_engine, sessionmaker
+from memory.embedder import Embedder, build_embedder
+from memory.service import Knobs, Memory
+from memory.tokens import count_text
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Deps:
     router: Router
     providers: ProviderClient
     catalog: Catalog
+    memory: Memory
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -44,6 +48,15 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
 
     providers = ProviderClient(settings)
     await providers.start()
+    embedder = await asyncio.to_thread(make_embedder, settings)
+    await asyncio.to_thread(count_text, "warm up", "gpt-4o")  # load the encoding before traffic
+    knobs = Knobs(
+        max_tokens=settings.memory_max_tokens,
+        max_items=settings.memory_max_items,
+        min_similarity=settings.memory_min_similarity,
+        candidates=settings.memory_candidates,
+        summary_threshold=settings.summary_threshold_tokens,
+    )
     deps = Deps(
         settings=settings,
         engine=engine,
@@ -53,6 +66,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
+        memory=Memory(sessions, embedder, knobs),
     )
     try:
         with contextlib.suppress(Exception):
@@ -68,3 +82,15 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         await providers.close()
         await deps.redis.aclose()
         await engine.dispose()
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    if settings.embedder == "openai":
+        return build_embedder(
+            "openai",
+            base_url=settings.embeddings_base_url,
+            api_key=settings.embeddings_api_key,
+            model=settings.embeddings_model,
+            dim=settings.embedding_dim,
+        )
+    return build_embedder("local", threads=settings.embedder_threads)

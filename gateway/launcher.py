@@ -41,7 +41,7 @@ def up(settings: Settings) -> None:
         env["CMG_MASTER_KEY"] = _secret_file(settings.data_dir / "master_key", "cmgm_")
     from memory import migrate
 
-    migrate.upgrade(env["DATABASE_URL"])
+    migrate.upgrade(env["DATABASE_URL"], embedding_dim=settings.embedding_dim)
     key = _dev_key(settings, env["DATABASE_URL"])
     _sync_catalog(dataclasses.replace(settings, database_url=env["DATABASE_URL"]))
     pidfile = settings.data_dir / "children.pid"

@@ -72,6 +72,48 @@ class Settings:
         "CMG_CATALOG_REFRESH_SECONDS", "How often each gateway reloads the model catalog.", 60.0
     )
     log_level: str = _s("CMG_LOG_LEVEL", "Log level (debug, info, warning, error).", "info")
+    memory_default: str = _s(
+        "CMG_MEMORY_DEFAULT", "Memory mode when a request and its workspace say nothing: "
+        "on, off, read (recall only) or write (capture only).", "on"
+    )
+    memory_max_tokens: int = _s(
+        "CMG_MEMORY_MAX_TOKENS", "Token budget of the injected memory message.", 1000
+    )
+    memory_max_items: int = _s("CMG_MEMORY_MAX_ITEMS", "Most memory items injected.", 8)
+    memory_min_similarity: float = _s(
+        "CMG_MEMORY_MIN_SIMILARITY",
+        "Cosine similarity below which a vector-only hit is not injected.",
+        0.35,
+    )
+    memory_candidates: int = _s(
+        "CMG_MEMORY_CANDIDATES", "Candidates per search leg before fusion.", 50
+    )
+    context_window_default: int = _s(
+        "CMG_CONTEXT_WINDOW_DEFAULT", "Context window assumed for models the catalog lacks.", 128000
+    )
+    embedder: str = _s(
+        "CMG_EMBEDDER", "local (MiniLM int8 ONNX, 384 dims) or openai (any /v1/embeddings).", "local"
+    )
+    embeddings_base_url: str = _s(
+        "CMG_EMBEDDINGS_BASE_URL", "Base URL of the OpenAI-compatible embedder.", ""
+    )
+    embeddings_model: str = _s("CMG_EMBEDDINGS_MODEL", "Model of the OpenAI-compatible embedder.", "")
+    embeddings_api_key: str = _s(
+        "CMG_EMBEDDINGS_API_KEY", "Key of the OpenAI-compatible embedder.", ""
+    )
+    embedding_dim: int = _s(
+        "CMG_EMBEDDING_DIM", "Vector dimension (fixed when the schema is created).", 384
+    )
+    embedder_threads: int = _s("CMG_EMBEDDER_THREADS", "onnxruntime threads of the local embedder.", 1)
+    summary_model: str = _s(
+        "CMG_SUMMARY_MODEL", "Model that writes thread summaries (unset: extractive summaries).", ""
+    )
+    summary_threshold_tokens: int = _s(
+        "CMG_SUMMARY_THRESHOLD_TOKENS", "Unsummarized tokens that trigger a summary refresh.", 2000
+    )
+    outbox_interval: float = _s(
+        "CMG_OUTBOX_INTERVAL_SECONDS", "How often pending outbox rows are pushed to Redis.", 5.0
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -10,14 +10,15 @@ generator, whose ``finally`` closes the upstream response, so the provider sees 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
-from gateway.errors import error_body
+from gateway.errors import GatewayError, error_body
 from gateway.providers.client import Upstream
 
 
@@ -73,27 +74,54 @@ def sse_error(message: str, type: str, code: str | None) -> bytes:
     return b"data: " + orjson.dumps(error_body(message, type, None, code)) + b"\n\n"
 
 
-async def relay(
-    upstream: Upstream, tap: StreamTap, on_end: Callable[[StreamTap], None] | None = None
-) -> AsyncIterator[bytes]:
+def answer(tap: StreamTap) -> dict[str, Any] | None:
+    """The streamed first choice as an assistant message (for memory)."""
+    calls = [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for _, c in sorted(tap.tool_calls.get(0, {}).items())
+    ]
+    content = tap.text(0)
+    if not content and not calls:
+        return None
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+OnEnd = Callable[[StreamTap], Awaitable[None]]
+
+
+async def relay(upstream: Upstream, tap: StreamTap, on_end: OnEnd | None = None) -> AsyncIterator[bytes]:
+    """Relay events; ``on_end`` (remember the turn) runs before the final ``[DONE]`` goes out."""
     splitter = _EventSplitter()
+    ended = False
     try:
         async for chunk in upstream.response.content.iter_any():
             events = splitter.feed(chunk)
             if not events:
                 continue
             out, bad = _check(events, tap)
+            if bad:
+                yield out + _MALFORMED
+                return
+            if tap.done and on_end is not None and not ended:
+                ended = True
+                failure = await _finish(on_end, tap)
+                if failure:
+                    yield out.replace(b"data: [DONE]\n\n", b"") + failure
+                    return
             if out:
                 yield out
-            if bad:
-                yield sse_error("provider sent a malformed stream event", "upstream_error", "bad_sse")
-                return
         tail = splitter.rest()
         if tail:
             out, bad = _check([tail], tap)
-            yield out if not bad else sse_error(
-                "provider sent a malformed stream event", "upstream_error", "bad_sse"
-            )
+            yield out if not bad else _MALFORMED
+        if on_end is not None and not ended:
+            ended = True
+            failure = await _finish(on_end, tap)
+            if failure:
+                yield failure
     except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
         tap.error = {"message": type(exc).__name__}
         yield sse_error(
@@ -101,8 +129,34 @@ async def relay(
         )
     finally:
         upstream.close()
-        if on_end is not None:
-            on_end(tap)
+        if on_end is not None and not ended:
+            # Broken off or the client left: keep what was said, without blocking the teardown.
+            _background(on_end(tap))
+
+
+async def _finish(on_end: OnEnd, tap: StreamTap) -> bytes:
+    """Run the end hook; its failure becomes an error event instead of a torn stream."""
+    try:
+        await on_end(tap)
+    except GatewayError as exc:
+        return sse_error(exc.message, exc.type, exc.code)
+    return b""
+
+
+_MALFORMED = sse_error("provider sent a malformed stream event", "upstream_error", "bad_sse")
+_PENDING: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Awaitable[None]) -> None:
+    async def run() -> None:
+        try:
+            await work
+        except Exception:  # logged by the caller's hook; a failed save must not crash the loop
+            logging.getLogger("cmg.stream").exception("saving a broken-off stream failed")
+
+    task = asyncio.get_running_loop().create_task(run())
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)
 
 
 class _EventSplitter:

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,6 +157,11 @@ class OpenAIEmbedder:
     def _scrub(self, text: str) -> str:
         # Some servers echo the key they rejected.
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def document_text(role: str | None, kind: str, content: str, created_at: datetime) -> str:
+    """What is embedded for a memory item: date and speaker first, so the vector carries both."""
+    return f"[{created_at:%Y-%m-%d}] {role or kind}: {content}"
 
 
 def normalise(vectors: NDArray[Any]) -> Vectors:

@@ -1,6 +1,7 @@
 """The relational schema (SQLAlchemy 2 ``Mapped`` models). Alembic migrations create it.
 
-Workspaces own keys; the model catalog is global. Memory tables join in a later migration.
+Workspaces own keys, threads and memory items; the model catalog is global. Every memory
+query filters on ``workspace_id`` first.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
+    Computed,
     DateTime,
     ForeignKey,
+    Identity,
     Numeric,
     String,
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,3 +66,74 @@ class CatalogModel(Base):
     completion_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 12))
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    end_user: Mapped[str | None] = mapped_column(Text)
+    next_position: Mapped[int] = mapped_column(default=0)
+    token_count: Mapped[int] = mapped_column(default=0)
+    summarized_position: Mapped[int] = mapped_column(default=0)
+    unsummarized_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class MemoryItem(Base):
+    __tablename__ = "memory_items"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    thread_id: Mapped[str | None] = mapped_column(Text)
+    end_user: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int | None]
+    content: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    token_count: Mapped[int]
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    source_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID))
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
+    embedding_model: Mapped[str | None] = mapped_column(Text)
+    tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed("to_tsvector('english', content)"))
+
+
+class TermStat(Base):
+    __tablename__ = "term_stats"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    lexeme: Mapped[str] = mapped_column(Text, primary_key=True)
+    df: Mapped[int]
+
+
+class Injection(Base):
+    __tablename__ = "injections"
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    thread_id: Mapped[str | None] = mapped_column(Text)
+    item_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID))
+    tokens: Mapped[int]
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    queue: Mapped[str] = mapped_column(Text)
+    job: Mapped[str] = mapped_column(Text)
+    args: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    pushed_at: Mapped[datetime | None]

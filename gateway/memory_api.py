@@ -1,0 +1,325 @@
+"""The memory API (workspace key): add, search, inspect and delete what the workspace remembers.
+
+Every query filters on the caller's workspace; an id of another workspace is simply not found.
+Lists are OpenAI-style (``object: list``, ``data``, ``first_id``, ``last_id``, ``has_more``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import Caller, authenticate
+from gateway.deps import Deps
+from gateway.errors import BadRequest, NotFound
+from gateway.protocol import read_body
+from memory import forget, store
+from memory.recall import Filters
+from memory.schema import Injection, MemoryItem, Thread
+
+_KINDS = ("note", "fact", "message")
+_MAX_BATCH = 1000
+_WAIT_SECONDS = 30.0
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+async def _caller(request: Request) -> tuple[Deps, Caller]:
+    deps: Deps = request.state.deps
+    return deps, await authenticate(request, deps.keys)
+
+
+async def add_items(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    body = _items_body(await read_body(request, deps.settings.max_body_bytes))
+    items = [_new_item(entry, f"items[{i}]") for i, entry in enumerate(body)]
+    pii = bool(caller.settings.get("redact_pii", False))
+    async with deps.sessions.begin() as session:
+        ids = await store.add_items(session, caller.workspace_id, items, pii=pii)
+    deps.memory.kick()
+    data = [{"id": str(i), "object": "memory.item"} for i in ids]
+    if request.query_params.get("wait", "").lower() in ("1", "true", "yes"):
+        searchable = await _wait_embedded(deps, caller, ids)
+        return _json({"object": "list", "data": data, "searchable": searchable}, 200 if searchable else 202)
+    return _json({"object": "list", "data": data, "searchable": False}, 201)
+
+
+def _items_body(raw: bytes) -> list[Any]:
+    try:
+        parsed = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("could not parse the request body as JSON", code="invalid_json") from exc
+    items = parsed.get("items") if isinstance(parsed, dict) else parsed
+    if not isinstance(items, list) or not items:
+        raise BadRequest("items must be a non-empty array", param="items", code="invalid_type")
+    if len(items) > _MAX_BATCH:
+        raise BadRequest(f"at most {_MAX_BATCH} items per request", param="items")
+    return items
+
+
+def _new_item(entry: Any, param: str) -> store.NewItem:
+    if not isinstance(entry, dict):
+        raise BadRequest(f"{param} must be an object", param=param, code="invalid_type")
+    content = entry.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise BadRequest(f"{param}.content must be a non-empty string", param=f"{param}.content")
+    kind = entry.get("kind", "note")
+    if kind not in _KINDS:
+        raise BadRequest(f"{param}.kind must be one of {', '.join(_KINDS)}", param=f"{param}.kind")
+    metadata = entry.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise BadRequest(f"{param}.metadata must be an object", param=f"{param}.metadata")
+    return store.NewItem(
+        content=content,
+        kind=kind,
+        role=_optional_str(entry, "role", param),
+        thread_id=_optional_str(entry, "thread_id", param),
+        end_user=_optional_str(entry, "user", param),
+        metadata=metadata,
+        created_at=_timestamp(entry.get("created_at"), f"{param}.created_at"),
+    )
+
+
+def _optional_str(entry: dict[str, Any], name: str, param: str) -> str | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise BadRequest(f"{param}.{name} must be a string of 1-256 characters", param=f"{param}.{name}")
+    return value
+
+
+def _timestamp(value: Any, param: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value).astimezone()
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.astimezone()
+    except (ValueError, OverflowError, OSError) as exc:
+        raise BadRequest(f"{param} is not a valid timestamp", param=param) from exc
+    raise BadRequest(f"{param} must be a unix time or an ISO 8601 string", param=param)
+
+
+async def _wait_embedded(deps: Deps, caller: Caller, ids: list[uuid.UUID]) -> bool:
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while time.monotonic() < deadline:
+        async with deps.sessions() as session:
+            pending = await session.scalar(
+                select(func.count()).where(
+                    MemoryItem.workspace_id == uuid.UUID(caller.workspace_id),
+                    MemoryItem.id.in_(ids),
+                    MemoryItem.embedding.is_(None),
+                )
+            )
+        if not pending:
+            return True
+        deps.memory.kick()
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def search(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    params = request.query_params
+    query = params.get("q", "")
+    if not query.strip():
+        raise BadRequest("q must be a non-empty query", param="q")
+    k = _int(params.get("k", "10"), "k", 1, 100)
+    legs = {"hybrid": ("vector", "lexical"), "vector": ("vector",), "lexical": ("lexical",)}
+    mode = params.get("mode", "hybrid")
+    if mode not in legs:
+        raise BadRequest("mode must be hybrid, vector or lexical", param="mode")
+    filters = Filters(caller.workspace_id, params.get("user") or None, params.get("thread_id") or None)
+    hits = await deps.memory.search(filters, query[:4000], k, legs=legs[mode])
+    return _json({"object": "list", "data": [h.as_json() for h in hits]})
+
+
+async def get_item(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    async with deps.sessions() as session:
+        item = await _item(session, caller, request.path_params["item_id"])
+    return _json(_item_json(item))
+
+
+async def delete_item(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    async with deps.sessions.begin() as session:
+        item = await _item(session, caller, request.path_params["item_id"])
+        await forget.forget_items(session, caller.workspace_id, [item.id])
+    return _json({"id": str(item.id), "object": "memory.item.deleted", "deleted": True})
+
+
+async def list_threads(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    limit = _int(request.query_params.get("limit", "20"), "limit", 1, 100)
+    after = request.query_params.get("after")
+    ws = uuid.UUID(caller.workspace_id)
+    query = select(Thread).where(Thread.workspace_id == ws)
+    user = request.query_params.get("user")
+    if user:
+        query = query.where(Thread.end_user == user)
+    async with deps.sessions() as session:
+        if after:
+            cursor = await session.get(Thread, (ws, after))
+            if cursor is None:
+                raise BadRequest("after is not a thread of this workspace", param="after")
+            query = query.where(
+                (Thread.updated_at < cursor.updated_at)
+                | ((Thread.updated_at == cursor.updated_at) & (Thread.id < cursor.id))
+            )
+        rows = list(
+            await session.scalars(query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(limit + 1))
+        )
+    page = rows[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": [_thread_json(t) for t in page],
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+            "has_more": len(rows) > limit,
+        }
+    )
+
+
+async def get_thread(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    thread_id = request.path_params["thread_id"]
+    ws = uuid.UUID(caller.workspace_id)
+    async with deps.sessions() as session:
+        thread = await session.get(Thread, (ws, thread_id))
+        if thread is None:
+            raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
+        items = list(
+            await session.scalars(
+                select(MemoryItem)
+                .where(MemoryItem.workspace_id == ws, MemoryItem.thread_id == thread_id)
+                .order_by(MemoryItem.position.asc().nulls_last(), MemoryItem.created_at)
+            )
+        )
+    summary = next((i for i in reversed(items) if i.kind == "summary"), None)
+    body = _thread_json(thread)
+    body["messages"] = [_item_json(i) for i in items if i.kind == "message"]
+    body["notes"] = [_item_json(i) for i in items if i.kind in ("note", "fact")]
+    body["summary"] = _item_json(summary) if summary else None
+    return _json(body)
+
+
+async def delete_thread(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    thread_id = request.path_params["thread_id"]
+    async with deps.sessions.begin() as session:
+        exists = await session.get(Thread, (uuid.UUID(caller.workspace_id), thread_id))
+        if exists is None:
+            raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
+        deleted = await forget.forget_where(session, caller.workspace_id, thread_id=thread_id)
+    return _json({"id": thread_id, "object": "memory.thread.deleted", "deleted": True, "items": deleted})
+
+
+async def delete_user(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    user = request.path_params["user"]
+    async with deps.sessions.begin() as session:
+        deleted = await forget.forget_where(session, caller.workspace_id, end_user=user)
+    return _json({"user": user, "object": "memory.user.deleted", "deleted": True, "items": deleted})
+
+
+async def get_injection(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    request_id = request.path_params["request_id"]
+    ws = uuid.UUID(caller.workspace_id)
+    async with deps.sessions() as session:
+        row = await session.get(Injection, request_id)
+        if row is None or row.workspace_id != ws:
+            raise NotFound(f"no memory record for request {request_id!r}", param="request_id", code="not_found")
+        items = {
+            i.id: i
+            for i in await session.scalars(
+                select(MemoryItem).where(MemoryItem.workspace_id == ws, MemoryItem.id.in_(row.item_ids))
+            )
+        }
+    return _json(
+        {
+            "object": "memory.injection",
+            "request_id": row.request_id,
+            "thread_id": row.thread_id,
+            "tokens": row.tokens,
+            "created_at": int(row.created_at.timestamp()),
+            "detail": row.detail,
+            "items": [
+                _item_json(items[i]) if i in items else {"id": str(i), "object": "memory.item", "deleted": True}
+                for i in row.item_ids
+            ],
+        }
+    )
+
+
+async def _item(session: Any, caller: Caller, raw_id: str) -> MemoryItem:
+    try:
+        item_id = uuid.UUID(raw_id)
+    except ValueError:
+        item_id = None
+    item = None
+    if item_id is not None:
+        item = await session.scalar(
+            select(MemoryItem).where(
+                MemoryItem.id == item_id, MemoryItem.workspace_id == uuid.UUID(caller.workspace_id)
+            )
+        )
+    if item is None:
+        raise NotFound(f"no memory item {raw_id!r}", param="item_id", code="not_found")
+    return item
+
+
+def _item_json(item: MemoryItem) -> dict[str, Any]:
+    return {
+        "id": str(item.id),
+        "object": "memory.item",
+        "kind": item.kind,
+        "role": item.role,
+        "thread_id": item.thread_id,
+        "user": item.end_user,
+        "position": item.position,
+        "content": item.content,
+        "metadata": item.meta or {},
+        "token_count": item.token_count,
+        "created_at": int(item.created_at.timestamp()),
+        "embedded": item.embedding is not None,
+        "source_ids": [str(s) for s in item.source_ids] if item.source_ids else None,
+    }
+
+
+def _thread_json(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "object": "memory.thread",
+        "user": thread.end_user,
+        "message_count": thread.next_position,
+        "token_count": thread.token_count,
+        "created_at": int(thread.created_at.timestamp()),
+        "updated_at": int(thread.updated_at.timestamp()),
+    }
+
+
+def _int(raw: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer", param=name) from exc
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}", param=name)
+    return value
+
