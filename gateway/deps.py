@@ -21,6 +21,7 @@ from memory.db import async_engine, sessionmaker
 from memory.embedder import Embedder, build_embedder
 from memory.service import Knobs, Memory
 from memory.tokens import count_text
+from workers.outbox import OutboxRelay
 
 
 @dataclass
@@ -48,6 +49,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
 
     providers = ProviderClient(settings)
     await providers.start()
+    relay = OutboxRelay(sessions, settings.redis_url)
     embedder = await asyncio.to_thread(make_embedder, settings)
     await asyncio.to_thread(count_text, "warm up", "gpt-4o")  # load the encoding before traffic
     knobs = Knobs(
@@ -66,7 +68,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
-        memory=Memory(sessions, embedder, knobs),
+        memory=Memory(sessions, embedder, knobs, relay),
     )
     try:
         with contextlib.suppress(Exception):
@@ -74,11 +76,13 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         deps.tasks.append(
             asyncio.create_task(deps.catalog.refresh_forever(settings.catalog_refresh_seconds))
         )
+        deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         yield deps
     finally:
         for task in deps.tasks:
             task.cancel()
         await asyncio.gather(*deps.tasks, return_exceptions=True)
+        await relay.close()
         await providers.close()
         await deps.redis.aclose()
         await engine.dispose()

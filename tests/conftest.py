@@ -192,6 +192,31 @@ def gateway(
         gw.stop()
 
 
+@pytest.fixture(scope="session")
+def worker(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    """A real RQ worker process (all queues) beside the session gateway."""
+    log = (tmp_path_factory.mktemp("logs") / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "worker"],
+        env=gateway.env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
 def run_db(services: Services, work: Any) -> Any:
     async def run() -> Any:
         engine = async_engine(services.database_url, pool_size=1)
