@@ -45,7 +45,7 @@ async def list_workspaces(request: Request) -> Response:
     deps = _admin(request)
     async with deps.sessions() as session:
         rows = await workspaces.list_workspaces(session)
-    data = [{"id": str(w.id), "object": "workspace", "name": w.name} for w in rows]
+    data = [_workspace_json(w) for w in rows]
     return _json({"object": "list", "data": data})
 
 
@@ -54,7 +54,28 @@ async def create_workspace(request: Request) -> Response:
     body = await _body(request, deps)
     async with deps.sessions.begin() as session:
         workspace = await workspaces.create_workspace(session, _string(body, "name"))
-    return _json({"id": str(workspace.id), "object": "workspace", "name": workspace.name}, 201)
+    return _json(_workspace_json(workspace), 201)
+
+
+async def update_workspace(request: Request) -> Response:
+    deps = _admin(request)
+    body = await _body(request, deps)
+    settings = body.get("settings")
+    if not isinstance(settings, dict):
+        raise BadRequest("settings must be an object", param="settings", code="invalid_type")
+    async with deps.sessions.begin() as session:
+        workspace = await workspaces.update_settings(session, request.path_params["name"], settings)
+    deps.keys.forget()  # cached callers carry the old settings
+    return _json(_workspace_json(workspace))
+
+
+def _workspace_json(workspace: Any) -> dict[str, Any]:
+    return {
+        "id": str(workspace.id),
+        "object": "workspace",
+        "name": workspace.name,
+        "settings": workspace.settings or {},
+    }
 
 
 async def list_keys(request: Request) -> Response:

@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/admin/workspaces", admin.list_workspaces, methods=["GET"]),
         Route("/admin/workspaces", admin.create_workspace, methods=["POST"]),
+        Route("/admin/workspaces/{name}", admin.update_workspace, methods=["PATCH"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),

@@ -94,6 +94,26 @@ def cmd_workspace_create(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, {"id": str(workspace.id), "name": workspace.name}, f"workspace {workspace.name}")
 
 
+def cmd_workspace_set(args: argparse.Namespace, settings: Settings) -> None:
+    from gateway import workspaces
+
+    changes: dict[str, Any] = {}
+    for pair in args.pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"cmg: expected KEY=VALUE, got {pair!r}")
+        try:
+            changes[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            changes[key] = raw  # bare words such as on/off
+
+    async def work(session: Any) -> Any:
+        return await workspaces.update_settings(session, args.name, changes)
+
+    workspace = _db(resolve_services(settings), work)
+    _emit(args, {"name": workspace.name, "settings": workspace.settings}, f"{workspace.name}: {workspace.settings}")
+
+
 def cmd_workspace_list(args: argparse.Namespace, settings: Settings) -> None:
     from gateway import workspaces
 
@@ -160,6 +180,98 @@ def sync_catalog(settings: Settings) -> int:
     return _db(settings, work)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from workers import schedule
+    from workers.outbox import QUEUES
+
+    queues = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise SystemExit(f"cmg worker: unknown queue(s) {unknown}; choose from {list(QUEUES)}")
+    _log_to_stderr(settings)
+    schedule.run_worker(resolve_services(settings), queues, burst=args.burst)
+
+
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> None:
+    from workers import schedule
+
+    _log_to_stderr(settings)
+    schedule.run_scheduler(resolve_services(settings))
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
+    from redis import Redis
+    from sqlalchemy.orm import Session
+
+    from memory.db import sync_engine
+    from workers import schedule
+    from workers.outbox import backlog_sync
+
+    settings = resolve_services(settings)
+    with Redis.from_url(settings.redis_url) as redis:
+        data = schedule.status(redis)
+    engine = sync_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            pending, oldest = backlog_sync(session)
+    finally:
+        engine.dispose()
+    data["outbox"] = {"pending": pending, "oldest_seconds": round(oldest, 1)}
+    lines = [f"{'queue':<12} {'queued':>7} {'started':>8} {'retrying':>9} {'failed':>7}"]
+    for name, q in data["queues"].items():
+        lines.append(
+            f"{name:<12} {q['queued']:>7} {q['started']:>8} {q['scheduled']:>9} {q['failed']:>7}"
+        )
+        if q["latest_failure"]:
+            failure = q["latest_failure"]
+            lines.append(f"  latest failure {failure['id']}: {failure['error']}")
+    lines.append(f"outbox: {pending} pending, oldest {oldest:.1f}s")
+    lines.append(f"workers: {len(data['workers'])}; periodic jobs: {len(data['periodic'])}")
+    _emit(args, data, "\n".join(lines))
+
+
+def cmd_memory_reembed(args: argparse.Namespace, settings: Settings) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import sessionmaker
+
+    from memory.db import sync_engine
+    from memory.schema import Workspace
+    from workers import embedding
+    from workers.outbox import drain_sync, redis_client
+
+    settings = resolve_services(settings)
+    model = embedding.model_name(settings)
+    engine = sync_engine(settings.database_url)
+    sessions = sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            workspace_id = None
+            if args.workspace:
+                workspace_id = session.scalar(
+                    select(Workspace.id).where(Workspace.name == args.workspace)
+                )
+                if workspace_id is None:
+                    raise SystemExit(f"cmg: no workspace named {args.workspace!r}")
+            count = embedding.reembed(
+                session, model, workspace_id=workspace_id, everything=args.all
+            )
+        try:
+            drain_sync(sessions, redis_client(settings.redis_url))
+        except Exception as exc:  # the jobs wait in the outbox until Redis is back
+            print(f"cmg: jobs stay in the outbox for now ({type(exc).__name__})", file=sys.stderr)
+    finally:
+        engine.dispose()
+    print(f"{count} memory items queued for re-embedding with {model}")
+
+
+def _log_to_stderr(settings: Settings) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from gateway import launcher
 
@@ -196,6 +308,24 @@ def _parser() -> argparse.ArgumentParser:
         run=cmd_catalog_sync
     )
 
+    worker = sub.add_parser("worker", help="run an RQ worker (embed, summarize, maintenance)")
+    worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument("--queues", default="embed,summarize,maintenance", metavar="Q1,Q2")
+    worker.set_defaults(run=cmd_worker)
+    sub.add_parser("scheduler", help="run the periodic-job scheduler").set_defaults(
+        run=cmd_scheduler
+    )
+    jobs = sub.add_parser("jobs", help="queue depths, failures, outbox backlog")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(run=cmd_jobs)
+    memory = sub.add_parser("memory", help="memory maintenance").add_subparsers(
+        dest="action", required=True
+    )
+    reembed = memory.add_parser("reembed", help="re-embed items made by another embedder")
+    reembed.add_argument("--workspace", metavar="NAME")
+    reembed.add_argument("--all", action="store_true", help="every item, whatever its model")
+    reembed.set_defaults(run=cmd_memory_reembed)
+
     workspace = sub.add_parser("workspace", help="manage workspaces").add_subparsers(
         dest="action", required=True
     )
@@ -203,6 +333,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=cmd_workspace_create)
+    wset = workspace.add_parser("set", help="memory=on|off|read|write redact_pii=true ...")
+    wset.add_argument("name")
+    wset.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    wset.add_argument("--json", action="store_true")
+    wset.set_defaults(run=cmd_workspace_set)
     wlist = workspace.add_parser("list")
     wlist.add_argument("--json", action="store_true")
     wlist.set_defaults(run=cmd_workspace_list)

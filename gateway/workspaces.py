@@ -84,6 +84,36 @@ async def get_workspace(session: AsyncSession, name: str) -> Workspace:
     return workspace
 
 
+# Per-workspace settings and how each value is checked.
+WORKSPACE_SETTINGS: dict[str, tuple[str, Any]] = {
+    "memory": ("memory mode: on, off, read or write", lambda v: v in ("on", "off", "read", "write")),
+    "redact_pii": ("mask emails, phone and card numbers in memory", lambda v: isinstance(v, bool)),
+    "retention_days": (
+        "delete memory older than this many days (null: keep)",
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    ),
+    "facts": ("extract durable facts about end users", lambda v: isinstance(v, bool)),
+    "monthly_budget_usd": (
+        "monthly budget in USD (null: none)",
+        lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0),
+    ),
+}
+
+
+async def update_settings(session: AsyncSession, name: str, changes: dict[str, Any]) -> Workspace:
+    workspace = await get_workspace(session, name)
+    for key, value in changes.items():
+        rule = WORKSPACE_SETTINGS.get(key)
+        if rule is None:
+            known = ", ".join(sorted(WORKSPACE_SETTINGS))
+            raise BadRequest(f"unknown workspace setting {key!r} (known: {known})", param=key)
+        if not rule[1](value):
+            raise BadRequest(f"invalid value for {key}: {rule[0]}", param=key, code="invalid_value")
+    workspace.settings = {**(workspace.settings or {}), **changes}
+    await session.flush()
+    return workspace
+
+
 async def list_workspaces(session: AsyncSession) -> list[Workspace]:
     return list(await session.scalars(select(Workspace).order_by(Workspace.created_at)))
 

@@ -218,3 +218,23 @@ def test_another_workspaces_memory_is_never_injected_nor_its_record_shown(
         headers={"Authorization": f"Bearer {intruder.key}"},
     )
     assert leaked.status_code == 404
+
+
+def test_workspace_settings_set_default_mode_and_pii_redaction(
+    client: openai.OpenAI, http: httpx.Client, tenant: Tenant, mock: MockUpstream
+) -> None:
+    from tests.conftest import MASTER_KEY
+
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    bad = http.patch(f"/admin/workspaces/{tenant.name}", json={"settings": {"memory": "maybe"}}, headers=admin)
+    assert bad.status_code == 400
+    ok = http.patch(
+        f"/admin/workspaces/{tenant.name}", json={"settings": {"memory": "write", "redact_pii": True}}, headers=admin
+    )
+    assert ok.json()["settings"] == {"memory": "write", "redact_pii": True}
+    thread = f"pii-{uuid.uuid4().hex[:6]}"
+    raw = chat(client, "mail me at jane.doe@example.com or +1 415 555 0100", thread)
+    assert "x-memory-items" not in raw.headers  # write-only: nothing recalled
+    stored = thread_view(http, tenant.key, thread)["messages"][0]["content"]
+    assert "jane.doe@example.com" not in stored and "[REDACTED_EMAIL]" in stored
+    assert "[REDACTED_PHONE]" in stored
