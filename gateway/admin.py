@@ -107,3 +107,25 @@ async def revoke_key(request: Request) -> Response:
         info = await workspaces.revoke_key(session, request.path_params["key_id"])
     deps.keys.forget()
     return _json(info.as_json())
+
+
+async def usage(request: Request) -> Response:
+    """``GET /admin/usage?workspace=NAME``: any workspace (or all), by day, key or model."""
+    from gateway.usage import _period, report
+
+    deps = _admin(request)
+    start, end, group_by = _period(request)
+    name = request.query_params.get("workspace")
+    async with deps.sessions() as session:
+        workspace_id = str((await workspaces.get_workspace(session, name)).id) if name else None
+        data = await report(session, workspace_id=workspace_id, start=start, end=end, group_by=group_by)
+    return _json({"object": "list", "workspace": name, "start": str(start), "end": str(end),
+                  "group_by": group_by, "data": data})  # fmt: skip
+
+
+async def health(request: Request) -> Response:
+    """``GET /admin/health``: each dependency's state and latency, and background backlogs."""
+    from gateway.health import checks
+
+    deps = _admin(request)
+    return _json(await checks(deps, detailed=True))

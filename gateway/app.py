@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,15 +12,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import admin, deps, embeddings, health, memory_api, models
+from gateway import admin, deps, embeddings, health, memory_api, metrics, models, usage
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, error_body, json_error
+from gateway.observe import Observe
 from gateway.settings import Settings
 
 log = logging.getLogger("cmg.app")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -45,11 +42,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/memory/threads/{thread_id:path}", memory_api.delete_thread, methods=["DELETE"]),
         Route("/v1/memory/users/{user:path}", memory_api.delete_user, methods=["DELETE"]),
         Route("/v1/memory/requests/{request_id}", memory_api.get_injection, methods=["GET"]),
+        Route("/v1/usage", usage.usage_endpoint, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/admin/workspaces", admin.list_workspaces, methods=["GET"]),
         Route("/admin/workspaces", admin.create_workspace, methods=["POST"]),
         Route("/admin/workspaces/{name}", admin.update_workspace, methods=["PATCH"]),
+        Route("/admin/usage", admin.usage, methods=["GET"]),
+        Route("/admin/health", admin.health, methods=["GET"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
@@ -64,7 +65,7 @@ def create_app(settings: Settings) -> Starlette:
             Exception: _unexpected,
         },
     )
-    return RequestId(app)  # type: ignore[return-value]
+    return Observe(app, log_json=settings.log_format == "json")  # type: ignore[return-value]
 
 
 def app_from_env() -> Starlette:
@@ -74,6 +75,9 @@ def app_from_env() -> Starlette:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    obs = request.scope.get("state", {}).get("obs")
+    if obs is not None:
+        obs.error_code = exc.code
     return exc.response()
 
 
@@ -88,32 +92,3 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = error_body("the gateway hit an internal error", "server_error", None, "internal_error")
     return json_error(500, body)
-
-
-class RequestId:
-    """Accepts a sane client ``X-Request-Id`` or makes one, and echoes it on every response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _REQUEST_ID.match(candidate):
-                    request_id = candidate
-                break
-        request_id = request_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)

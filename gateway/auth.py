@@ -29,6 +29,8 @@ class Caller:
     workspace_id: str
     workspace: str
     settings: dict[str, Any]
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 Lookup = Callable[[str], Awaitable[KeyRecord | None]]
@@ -80,4 +82,7 @@ async def authenticate(request: Request, keys: KeyCache) -> Caller:
         raise Unauthorized("this API key has been revoked", code="revoked_api_key")
     if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
         raise Unauthorized("this API key has expired", code="expired_api_key")
-    return Caller(record.key_id, record.workspace_id, record.workspace, record.settings)
+    return Caller(
+        record.key_id, record.workspace_id, record.workspace, record.settings,
+        record.rpm_limit, record.tpm_limit,
+    )  # fmt: skip

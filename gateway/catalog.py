@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +28,7 @@ class Catalog:
         self._sessions = sessions
         self._models: dict[str, dict[str, Any]] = {}
         self._context: dict[str, int] = {}
+        self._prices: dict[str, tuple[Decimal, Decimal]] = {}
         self._by_provider: dict[str, frozenset[str]] = {}
 
     async def load(self) -> None:
@@ -35,12 +37,15 @@ class Catalog:
         models: dict[str, dict[str, Any]] = {}
         by_provider: dict[str, set[str]] = {}
         context: dict[str, int] = {}
+        prices: dict[str, tuple[Decimal, Decimal]] = {}
         for row in rows:
+            if row.prompt_price is not None or row.completion_price is not None:
+                prices[row.id] = (row.prompt_price or Decimal(0), row.completion_price or Decimal(0))
             models[row.id] = _model_object(row)
             by_provider.setdefault(row.provider, set()).add(row.upstream_id)
             if row.context_length:
                 context[row.id] = row.context_length
-        self._models, self._context = models, context
+        self._models, self._context, self._prices = models, context, prices
         self._by_provider = {k: frozenset(v) for k, v in by_provider.items()}
 
     async def refresh_forever(self, interval: float) -> None:
@@ -60,6 +65,10 @@ class Catalog:
 
     def context_length(self, model_id: str) -> int | None:
         return self._context.get(model_id)
+
+    def price(self, model_id: str) -> tuple[Decimal, Decimal] | None:
+        """USD per prompt token and per completion token, when the catalog knows them."""
+        return self._prices.get(model_id)
 
     def check(self, target: Target) -> None:
         """404 when the catalog has this provider's models and this one is not among them."""

@@ -1,14 +1,15 @@
 """``POST /v1/chat/completions``: the pipeline, top to bottom.
 
-auth → parse → route → plan memory (thread, user, mode) → recall + inject + fit →
-forward (retries, fallbacks) → relay (JSON or SSE) → remember (committed before the response ends).
+auth → parse → route → budget and rate limits → plan memory (thread, user, mode) →
+recall + inject + fit → forward (retries, fallbacks) → relay (JSON or SSE) → finish: remember
+the turn (committed before the response ends) and account tokens and cost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -17,96 +18,181 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import threads
-from gateway.auth import authenticate
+from gateway import metrics, threads
+from gateway.auth import Caller, authenticate
 from gateway.deps import Deps
 from gateway.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.limits import Admission, Limit
+from gateway.observe import Observation, observation
 from gateway.protocol import ChatRequest, read_body
 from gateway.providers.client import Upstream
 from gateway.streaming import StreamTap, answer, relay
+from gateway.usage import Usage
 from memory.service import Recalled
+from memory.store import message_text
+from memory.tokens import count_messages, count_text
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_DEFAULT_RESERVE = 1024
+DEFAULT_RESERVE = 1024
 log = logging.getLogger("cmg.chat")
-
-Remember = Callable[[dict[str, Any] | None], Awaitable[None]]
 
 
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     deps: Deps = request.state.deps
+    obs = observation(request)
     caller = await authenticate(request, deps.keys)
+    obs.workspace, obs.key_id = caller.workspace, caller.key_id
     chat = ChatRequest.parse(await read_body(request, deps.settings.max_body_bytes))
     route = deps.router.route(chat.model)
     deps.catalog.check(route[0])
+    obs.model = route[0].served
+    await deps.usage.check_budget(caller.workspace_id, caller.settings.get("monthly_budget_usd"))
+    limits = limits_for(caller)
+    admission = await deps.limiter.admit(limits, _estimate(chat, limits, route[0].served))
     plan = threads.plan(request, caller, chat, deps.settings.memory_default)
     recalled = await _recall(deps, plan, chat, route[0].served) if plan.read else None
+    if recalled is not None:
+        obs.memory_items, obs.memory_tokens = _injected_count(recalled), recalled.injected.tokens
+        obs.recall_s = recalled.timings.get("recall")
     forwarded = chat.with_messages(recalled.messages) if recalled and recalled.messages != chat.messages else chat
     upstream = await deps.providers.send("/chat/completions", forwarded, route)
-    headers = {"X-CMG-Provider": upstream.target.provider.name}
+    obs.provider, obs.attempts = upstream.target.provider.name, upstream.attempts
+    obs.fallback = upstream.target is not route[0]
+    turn = Turn(deps, caller, plan, chat, recalled, admission, upstream, obs)
+    headers = {"X-CMG-Provider": upstream.target.provider.name, **admission.headers()}
     if recalled is not None:
         headers.update(recalled.headers(plan.scope.thread_id))
-    remember = _rememberer(deps, plan, chat, recalled, request) if plan.active else None
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        on_end = (lambda tap: remember(answer(tap))) if remember else None
         return StreamingResponse(
-            relay(upstream, StreamTap(), on_end),
+            relay(upstream, StreamTap(), turn.finish_stream),
             status_code=upstream.response.status,
             headers=headers,
             media_type="text/event-stream",
         )
-    body = await read_json(upstream)
-    upstream_s = time.perf_counter() - upstream.started
-    if remember is not None:
-        await remember(_first_message(body))
-    headers["X-Gateway-Overhead-Ms"] = _ms(time.perf_counter() - started - upstream_s)
+    body, parsed = await read_json(upstream)
+    await turn.finish(_first_message(parsed), parsed.get("usage") if isinstance(parsed, dict) else None)
+    headers["X-Gateway-Overhead-Ms"] = _ms(time.perf_counter() - started - (obs.upstream_s or 0.0))
     return Response(body, upstream.response.status, headers, media_type="application/json")
+
+
+def limits_for(caller: Caller) -> tuple[Limit, ...]:
+    limits = []
+    if caller.rpm_limit or caller.tpm_limit:
+        limits.append(Limit(f"key:{caller.key_id}", caller.rpm_limit or 0, caller.tpm_limit or 0))
+    rpm, tpm = caller.settings.get("rpm"), caller.settings.get("tpm")
+    if rpm or tpm:
+        limits.append(Limit(f"ws:{caller.workspace_id}", int(rpm or 0), int(tpm or 0)))
+    return tuple(limits)
+
+
+def _estimate(chat: ChatRequest, limits: tuple[Limit, ...], model: str) -> int:
+    """Tokens charged up front against TPM: the prompt plus the completion it may produce."""
+    if not any(lim.tpm for lim in limits):
+        return 0
+    return count_messages(chat.messages, model) + _reserve(chat)
+
+
+def _reserve(chat: ChatRequest) -> int:
+    value = chat.body.get("max_completion_tokens") or chat.body.get("max_tokens")
+    return value if isinstance(value, int) and value > 0 else DEFAULT_RESERVE
 
 
 async def _recall(deps: Deps, plan: threads.Plan, chat: ChatRequest, served: str) -> Recalled:
     window = deps.catalog.context_length(served) or deps.settings.context_window_default
-    reserve = chat.body.get("max_completion_tokens") or chat.body.get("max_tokens")
     try:
         return await deps.memory.recall(
-            plan.scope,
-            chat.messages,
-            model=served,
-            window=window,
-            reserve=reserve if isinstance(reserve, int) and reserve > 0 else _DEFAULT_RESERVE,
+            plan.scope, chat.messages, model=served, window=window, reserve=_reserve(chat)
         )
     except (SQLAlchemyError, OSError) as exc:
         raise ServiceUnavailable("memory is unavailable; retry, or send X-Memory: off") from exc
 
 
-def _rememberer(
-    deps: Deps, plan: threads.Plan, chat: ChatRequest, recalled: Recalled | None, request: Request
-) -> Remember:
-    request_id: str = request.scope.get("state", {}).get("request_id", "")
+class Turn:
+    """What happens once the answer is known: remember it, then account for it."""
 
-    async def remember(answer_message: dict[str, Any] | None) -> None:
+    def __init__(
+        self, deps: Deps, caller: Caller, plan: threads.Plan, chat: ChatRequest,
+        recalled: Recalled | None, admission: Admission, upstream: Upstream, obs: Observation,
+    ) -> None:  # fmt: skip
+        self.deps, self.caller, self.plan, self.chat = deps, caller, plan, chat
+        self.recalled, self.admission, self.upstream, self.obs = recalled, admission, upstream, obs
+
+    async def finish_stream(self, tap: StreamTap) -> None:
+        await self.finish(answer(tap), tap.usage, errored=tap.error is not None)
+
+    async def finish(
+        self, answer_message: dict[str, Any] | None, usage: Any, *, errored: bool = False
+    ) -> None:
+        self.obs.upstream_s = time.perf_counter() - self.upstream.started
         try:
-            await deps.memory.remember(
-                plan.scope,
-                chat.messages,
-                answer_message,
-                write=plan.write,
-                request_id=request_id,
-                recalled=recalled,
-            )
+            self._account(answer_message, usage, errored)
+        finally:
+            if self.plan.active:
+                await self._remember(answer_message)
+
+    async def _remember(self, answer_message: dict[str, Any] | None) -> None:
+        try:
+            await self.deps.memory.remember(
+                self.plan.scope, self.chat.messages, answer_message, write=self.plan.write,
+                request_id=self.obs.request_id, recalled=self.recalled,
+            )  # fmt: skip
         except (SQLAlchemyError, OSError) as exc:
-            log.error("could not store the turn of request %s: %s", request_id, type(exc).__name__)
+            log.error("could not store the turn of %s: %s", self.obs.request_id, type(exc).__name__)
             raise ServiceUnavailable(
                 "the answer could not be stored in memory; retry", code="memory_unavailable"
             ) from exc
 
-    return remember
+    def _account(self, answer_message: dict[str, Any] | None, usage: Any, errored: bool) -> None:
+        model = self.obs.model or self.chat.model
+        prompt, completion, cached, estimated = _tokens(self.chat, answer_message, usage, model)
+        price = self.deps.catalog.price(model)
+        cost = float(prompt * price[0] + completion * price[1]) if price else 0.0
+        self.obs.prompt_tokens, self.obs.completion_tokens = prompt, completion
+        self.obs.cached_tokens, self.obs.cost_usd = cached, cost
+        self.deps.limiter.reconcile(self.admission, prompt + completion)
+        self.deps.usage.add(
+            Usage(
+                request_id=self.obs.request_id, workspace_id=self.caller.workspace_id,
+                key_id=self.caller.key_id, model=model, provider=self.obs.provider,
+                status=599 if errored else self.upstream.response.status,
+                prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+                estimated=estimated, cost_usd=cost,
+                latency_ms=(self.obs.upstream_s or 0.0) * 1000, at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+        metrics.TOKENS.labels(model, "prompt").inc(prompt)
+        metrics.TOKENS.labels(model, "completion").inc(completion)
+        if cost:
+            metrics.COST.labels(model).inc(cost)
 
 
-def _first_message(body: bytes) -> dict[str, Any] | None:
-    parsed = orjson.loads(body)
+def _tokens(
+    chat: ChatRequest, answer_message: dict[str, Any] | None, usage: Any, model: str
+) -> tuple[int, int, int, bool]:
+    """(prompt, completion, cached, estimated): the provider's usage, else tiktoken's count."""
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        completion = usage.get("completion_tokens")
+        return (
+            usage["prompt_tokens"],
+            completion if isinstance(completion, int) else 0,
+            cached if isinstance(cached, int) else 0,
+            False,
+        )
+    prompt = count_messages(chat.messages, model)
+    completion = count_text(message_text(answer_message), model) if answer_message else 0
+    return prompt, completion, 0, True
+
+
+def _injected_count(recalled: Recalled) -> int:
+    return len(recalled.injected.items) + (1 if recalled.injected.summary else 0)
+
+
+def _first_message(parsed: Any) -> dict[str, Any] | None:
     choices = parsed.get("choices") if isinstance(parsed, dict) else None
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         message = choices[0].get("message")
@@ -114,8 +200,8 @@ def _first_message(body: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def read_json(upstream: Upstream) -> bytes:
-    """The whole upstream body, checked to be JSON (a 502 when it is not)."""
+async def read_json(upstream: Upstream) -> tuple[bytes, Any]:
+    """The whole upstream body and its parsed JSON (a 502 when it is not JSON)."""
     name = upstream.target.provider.name
     try:
         body = await upstream.response.read()
@@ -128,12 +214,11 @@ async def read_json(upstream: Upstream) -> bytes:
     finally:
         upstream.response.release()
     try:
-        orjson.loads(body)
+        return body, orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise UpstreamError(
             f"provider {name} returned a body that is not JSON", code="bad_upstream_json"
         ) from exc
-    return body
 
 
 def _ms(seconds: float) -> str:

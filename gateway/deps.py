@@ -12,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
+from gateway.limits import Limiter
 from gateway.providers import config as provider_config
 from gateway.providers.client import ProviderClient
 from gateway.providers.router import Router
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
 from gateway.workspaces import KeyRecord, find_key
 from memory.db import async_engine, sessionmaker
 from memory.embedder import Embedder, build_embedder
@@ -35,6 +37,8 @@ class Deps:
     providers: ProviderClient
     catalog: Catalog
     memory: Memory
+    limiter: Limiter
+    usage: UsageRecorder
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -50,6 +54,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
     providers = ProviderClient(settings)
     await providers.start()
     relay = OutboxRelay(sessions, settings.redis_url)
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     embedder = await asyncio.to_thread(make_embedder, settings)
     await asyncio.to_thread(count_text, "warm up", "gpt-4o")  # load the encoding before traffic
     knobs = Knobs(
@@ -63,12 +68,14 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         settings=settings,
         engine=engine,
         sessions=sessions,
-        redis=aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        redis=redis,
         keys=KeyCache(lookup, settings.auth_cache_seconds),
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
         memory=Memory(sessions, embedder, knobs, relay),
+        limiter=Limiter(redis, fail_open=settings.ratelimit_fail_open),
+        usage=UsageRecorder(sessions, settings.usage_flush_seconds),
     )
     try:
         with contextlib.suppress(Exception):
@@ -77,11 +84,13 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
             asyncio.create_task(deps.catalog.refresh_forever(settings.catalog_refresh_seconds))
         )
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
+        deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
         yield deps
     finally:
         for task in deps.tasks:
             task.cancel()
         await asyncio.gather(*deps.tasks, return_exceptions=True)
+        await deps.usage.close()
         await relay.close()
         await providers.close()
         await deps.redis.aclose()

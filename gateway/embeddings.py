@@ -23,6 +23,6 @@ async def embeddings(request: Request) -> Response:
     route = deps.router.route(model)
     deps.catalog.check(route[0])
     upstream = await deps.providers.send("/embeddings", ChatRequest(raw, body, model, False), route)
-    payload = await read_json(upstream)
+    payload, _ = await read_json(upstream)
     headers = {"X-CMG-Provider": upstream.target.provider.name}
     return Response(payload, upstream.response.status, headers, media_type="application/json")

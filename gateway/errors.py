@@ -7,6 +7,7 @@
     ├── Forbidden                     403     invalid_request_error
     ├── NotFound                      404     invalid_request_error
     ├── RateLimited                   429     rate_limit_error (Retry-After)
+    │   └── QuotaExceeded             429     insufficient_quota
     ├── UpstreamError                 502     upstream_error (or the provider's own status)
     │   └── UpstreamTimeout           504     timeout
     └── ServiceUnavailable            503     service_unavailable
@@ -74,6 +75,10 @@ class NotFound(GatewayError):
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
 
 
 class ServiceUnavailable(GatewayError):

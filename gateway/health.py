@@ -19,12 +19,28 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    deps: Deps = request.state.deps
-    checks = await asyncio.gather(_database(deps), _redis(deps))
-    report = dict(checks)
+    body = await checks(request.state.deps)
+    return Response(orjson.dumps(body), 200 if body["status"] == "ready" else 503, media_type="application/json")
+
+
+async def checks(deps: Deps, *, detailed: bool = False) -> dict[str, Any]:
+    """Database, Redis and the embedder; with ``detailed``, the background backlogs too."""
+    report = dict(await asyncio.gather(_database(deps), _redis(deps), _embedder(deps)))
     ok = all(entry["ok"] for entry in report.values())
-    body = {"status": "ready" if ok else "unavailable", "checks": report}
-    return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")
+    body: dict[str, Any] = {"status": "ready" if ok else "unavailable", "checks": report}
+    if detailed:
+        body["catalog_models"] = len(deps.catalog.list())
+        body["usage_buffered"] = deps.usage.buffered
+    return body
+
+
+async def _embedder(deps: Deps) -> tuple[str, dict[str, Any]]:
+    async def probe() -> None:
+        await deps.memory.embed_query("readiness probe")
+
+    result = await _timed(probe())
+    result["model"] = deps.memory.embedder.name
+    return "embedder", result
 
 
 async def _database(deps: Deps) -> tuple[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 from gateway import embedded
 from gateway.settings import Settings
 
-_CHILDREN = (("gateway", ["serve"]),)
+_CHILDREN = (("gateway", ["serve"]), ("worker", ["worker"]), ("scheduler", ["scheduler"]))
 
 
 def up(settings: Settings) -> None:

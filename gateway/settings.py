@@ -72,6 +72,15 @@ class Settings:
         "CMG_CATALOG_REFRESH_SECONDS", "How often each gateway reloads the model catalog.", 60.0
     )
     log_level: str = _s("CMG_LOG_LEVEL", "Log level (debug, info, warning, error).", "info")
+    log_format: str = _s(
+        "CMG_LOG_FORMAT", "json (one object per line) or text.", "json"
+    )
+    ratelimit_fail_open: bool = _s(
+        "CMG_RATELIMIT_FAIL_OPEN", "Let requests through when Redis (the limiter) is down.", True
+    )
+    usage_flush_seconds: float = _s(
+        "CMG_USAGE_FLUSH_SECONDS", "How often buffered usage events are written.", 2.0
+    )
     memory_default: str = _s(
         "CMG_MEMORY_DEFAULT", "Memory mode when a request and its workspace say nothing: "
         "on, off, read (recall only) or write (capture only).", "on"

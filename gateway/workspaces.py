@@ -46,6 +46,8 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,8 @@ class KeyInfo:
             "created_at": int(self.created_at.timestamp()),
             "expires_at": _ts(self.expires_at),
             "revoked_at": _ts(self.revoked_at),
+            "rpm_limit": self.rpm_limit,
+            "tpm_limit": self.tpm_limit,
         }
 
 
@@ -93,11 +97,17 @@ WORKSPACE_SETTINGS: dict[str, tuple[str, Any]] = {
         lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
     ),
     "facts": ("extract durable facts about end users", lambda v: isinstance(v, bool)),
+    "rpm": ("requests per minute for the whole workspace (null: none)", lambda v: _limit_ok(v)),
+    "tpm": ("tokens per minute for the whole workspace (null: none)", lambda v: _limit_ok(v)),
     "monthly_budget_usd": (
         "monthly budget in USD (null: none)",
         lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0),
     ),
 }
+
+
+def _limit_ok(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
 
 
 async def update_settings(session: AsyncSession, name: str, changes: dict[str, Any]) -> Workspace:
@@ -124,6 +134,8 @@ async def create_key(
     *,
     name: str = "",
     expires_in_days: float | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
 ) -> tuple[str, KeyInfo]:
     """A new key; the secret is returned here and never again."""
     workspace = await get_workspace(session, workspace_name)
@@ -139,10 +151,39 @@ async def create_key(
         key_hash=hash_secret(secret),
         created_at=datetime.now(UTC),
         expires_at=expires,
+        rpm_limit=_limit(rpm_limit, "rpm_limit"),
+        tpm_limit=_limit(tpm_limit, "tpm_limit"),
     )
     session.add(key)
     await session.flush()
     return secret, _info(key, workspace.name)
+
+
+async def set_key_limits(
+    session: AsyncSession, key_id: str, *, rpm_limit: int | None, tpm_limit: int | None
+) -> KeyInfo:
+    """Set (or, with None, remove) a key's per-minute limits."""
+    parsed = _parse_id(key_id)
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == parsed)
+        .values(rpm_limit=_limit(rpm_limit, "rpm_limit"), tpm_limit=_limit(tpm_limit, "tpm_limit"))
+    )
+    row = (
+        await session.execute(select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed))
+    ).first()
+    if row is None:
+        raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
+    key, ws_name = row
+    return _info(key, ws_name)
+
+
+def _limit(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadRequest(f"{name} must be a positive integer or null", param=name)
+    return value
 
 
 async def list_keys(session: AsyncSession, workspace_name: str | None = None) -> list[KeyInfo]:
@@ -179,6 +220,8 @@ class KeyRecord:
     settings: dict[str, Any]
     expires_at: datetime | None
     revoked: bool
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 async def find_key(session: AsyncSession, key_hash: str) -> KeyRecord | None:
@@ -197,6 +240,8 @@ async def find_key(session: AsyncSession, key_hash: str) -> KeyRecord | None:
         dict(workspace.settings or {}),
         key.expires_at,
         key.revoked_at is not None,
+        key.rpm_limit,
+        key.tpm_limit,
     )
 
 
@@ -209,5 +254,6 @@ def _parse_id(key_id: str) -> uuid.UUID:
 
 def _info(key: ApiKey, workspace: str) -> KeyInfo:
     return KeyInfo(
-        str(key.id), workspace, key.name, key.prefix, key.created_at, key.expires_at, key.revoked_at
-    )
+        str(key.id), workspace, key.name, key.prefix, key.created_at, key.expires_at,
+        key.revoked_at, key.rpm_limit, key.tpm_limit,
+    )  # fmt: skip

@@ -38,10 +38,8 @@ async def fetch(client: ProviderClient, provider: Provider) -> list[dict[str, An
 
 
 def catalog_row(provider: Provider, model: dict[str, Any]) -> dict[str, Any]:
-    pricing = model.get("pricing") if isinstance(model.get("pricing"), dict) else {}
-    context = model.get("context_length") or (model.get("top_provider") or {}).get(
-        "context_length"
-    )
+    pricing: dict[str, Any] = model["pricing"] if isinstance(model.get("pricing"), dict) else {}
+    context = model.get("context_length") or (model.get("top_provider") or {}).get("context_length")
     return {
         "id": provider.prefix + model["id"],
         "provider": provider.name,

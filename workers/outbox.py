@@ -41,8 +41,7 @@ JOB_MODULE = "workers.jobs"
 RETRY = Retry(max=5, interval=[1, 5, 15, 60, 300])
 # A job id in one of these states is still going to run: pushing it again would run it twice.
 _PENDING_STATES = frozenset(
-    s.value
-    for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+    s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 )
 
 log = logging.getLogger("cmg.outbox")

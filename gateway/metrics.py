@@ -1,0 +1,87 @@
+"""Prometheus metrics (prometheus-client). Names and units follow Prometheus conventions.
+
+Labels are bounded: ``route`` is the route template, ``model`` the served model id of a
+routed request (unknown ids become ``unknown``), ``provider`` a configured provider name.
+With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches on multiprocess mode
+(``cmg serve`` sets it up). Background state (queues, outbox) is sampled by the gateway every
+few seconds and exported as gauges, so scrapes never wait on Redis or Postgres.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+REQUESTS = Counter(
+    "cmg_requests_total", "Requests answered.", ["route", "status", "model", "provider"]
+)
+DURATION = Histogram(
+    "cmg_request_duration_seconds", "Request duration, to the last byte.", ["route"],
+    buckets=_LATENCY,
+)  # fmt: skip
+UPSTREAM = Histogram(
+    "cmg_upstream_duration_seconds", "Upstream time, first request to last byte.", ["provider"],
+    buckets=_LATENCY,
+)  # fmt: skip
+TTFT = Histogram(
+    "cmg_time_to_first_token_seconds", "Streams: time to the first relayed chunk.", ["provider"],
+    buckets=_LATENCY,
+)  # fmt: skip
+OVERHEAD = Histogram(
+    "cmg_gateway_overhead_seconds", "Request time not spent waiting on the provider.",
+    buckets=_OVERHEAD,
+)  # fmt: skip
+UPSTREAM_ERRORS = Counter(
+    "cmg_upstream_errors_total", "Upstream failures by kind.", ["provider", "kind"]
+)
+RETRIES = Counter("cmg_upstream_retries_total", "Upstream retries.", ["provider"])
+FALLBACKS = Counter("cmg_upstream_fallbacks_total", "Requests answered by a fallback route.", ["provider"])
+TOKENS = Counter("cmg_tokens_total", "Tokens by model and direction.", ["model", "direction"])
+COST = Counter("cmg_cost_usd_total", "Cost in USD by model (catalog prices).", ["model"])
+RECALL = Histogram(
+    "cmg_memory_recall_duration_seconds", "Memory recall, query embedding included.",
+    buckets=_LATENCY,
+)  # fmt: skip
+INJECTED = Histogram(
+    "cmg_memory_items_injected", "Memory items injected per request.",
+    buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32),
+)  # fmt: skip
+RATELIMITED = Counter("cmg_ratelimit_rejections_total", "Requests refused by a limit.", ["limit"])
+FAIL_OPEN = Counter(
+    "cmg_ratelimit_fail_open_total", "Requests let through because the limiter was unreachable."
+)
+AUTH_FAILURES = Counter("cmg_auth_failures_total", "Requests refused at authentication.", ["code"])
+QUEUE_DEPTH = Gauge("cmg_rq_queue_depth", "Jobs waiting per RQ queue.", ["queue"], multiprocess_mode="max")
+FAILED_JOBS = Gauge("cmg_rq_failed_jobs", "Jobs in the failed registry per queue.", ["queue"], multiprocess_mode="max")
+OUTBOX_BACKLOG = Gauge("cmg_outbox_backlog", "Outbox rows not yet pushed to Redis.", multiprocess_mode="max")
+OUTBOX_AGE = Gauge(
+    "cmg_outbox_oldest_age_seconds", "Age of the oldest unpushed outbox row.", multiprocess_mode="max"
+)
+
+
+def registry() -> CollectorRegistry | None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    return None
+
+
+async def metrics(request: Request) -> Response:
+    from prometheus_client import REGISTRY
+
+    return Response(generate_latest(registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)

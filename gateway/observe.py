@@ -1,0 +1,173 @@
+"""Around every request: request id, metrics, one structured log line.
+
+One pure ASGI middleware (no per-request tasks, no body buffering). Handlers fill in the
+request's ``Observation`` (workspace, key, model, provider, upstream timings, tokens, memory);
+when the last byte is sent the middleware records metrics and logs one JSON line. It never
+logs an API key or message content.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import metrics
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ROUTES = (
+    ("/v1/chat/completions", "chat"),
+    ("/v1/embeddings", "embeddings"),
+    ("/v1/models", "models"),
+    ("/v1/memory/", "memory"),
+    ("/v1/usage", "usage"),
+    ("/admin/", "admin"),
+    ("/healthz", "health"),
+    ("/readyz", "health"),
+    ("/metrics", "metrics"),
+)
+access_log = logging.getLogger("cmg.access")
+
+
+@dataclass
+class Observation:
+    request_id: str
+    route: str
+    workspace: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_s: float | None = None
+    ttft_s: float | None = None
+    attempts: int = 0
+    fallback: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    cost_usd: float | None = None
+    memory_items: int | None = None
+    memory_tokens: int | None = None
+    recall_s: float | None = None
+    error_code: str | None = None
+
+
+def observation(request: Request) -> Observation:
+    obs: Observation = request.scope["state"]["obs"]
+    return obs
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, *, log_json: bool = True) -> None:
+        self.app = app
+        self.log_json = log_json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        obs = Observation(_request_id(scope), _route(scope["path"]))
+        scope.setdefault("state", {})["obs"] = obs
+        scope["state"]["request_id"] = obs.request_id
+        header = (b"x-request-id", obs.request_id.encode())
+        status = 500
+        streaming = False
+        first_body: float | None = None
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, streaming, first_body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.setdefault("headers", [])
+                headers.append(header)
+                streaming = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            elif message["type"] == "http.response.body" and first_body is None and message.get("body"):
+                first_body = time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            if streaming and first_body is not None:
+                obs.ttft_s = first_body - started
+            self._record(obs, status, elapsed)
+
+    def _record(self, obs: Observation, status: int, elapsed: float) -> None:
+        provider = obs.provider or "none"
+        metrics.REQUESTS.labels(obs.route, str(status), obs.model or "none", provider).inc()
+        metrics.DURATION.labels(obs.route).observe(elapsed)
+        if obs.upstream_s is not None:
+            metrics.UPSTREAM.labels(provider).observe(obs.upstream_s)
+            metrics.OVERHEAD.observe(max(0.0, elapsed - obs.upstream_s))
+        if obs.ttft_s is not None:
+            metrics.TTFT.labels(provider).observe(obs.ttft_s)
+        if obs.attempts > 1:
+            metrics.RETRIES.labels(provider).inc(obs.attempts - 1)
+        if obs.fallback:
+            metrics.FALLBACKS.labels(provider).inc()
+        if status == 401 and obs.error_code:
+            metrics.AUTH_FAILURES.labels(obs.error_code).inc()
+        if obs.route in ("metrics", "health"):
+            return  # probes are counted, not logged
+        if access_log.isEnabledFor(logging.INFO):
+            line = asdict(obs)
+            line.update(status=status, latency_ms=round(elapsed * 1000, 2))
+            for name in ("upstream_s", "ttft_s", "recall_s"):
+                value = line.pop(name)
+                line[name.replace("_s", "_ms")] = None if value is None else round(value * 1000, 2)
+            access_log.info("request", extra={"fields": line})
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _route(path: str) -> str:
+    for prefix, name in _ROUTES:
+        if path.startswith(prefix):
+            return name
+    return "other"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s %(fields)s", defaults={"fields": ""}))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

