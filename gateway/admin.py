@@ -97,8 +97,25 @@ async def create_key(request: Request) -> Response:
             _string(body, "workspace"),
             name=_string(body, "name", required=False),
             expires_in_days=days,
+            rpm_limit=body.get("rpm_limit"),
+            tpm_limit=body.get("tpm_limit"),
         )
     return _json({**info.as_json(), "key": secret}, 201)
+
+
+async def update_key(request: Request) -> Response:
+    """``PATCH /admin/keys/{id}`` with ``rpm_limit`` / ``tpm_limit`` (null removes a limit)."""
+    deps = _admin(request)
+    body = await _body(request, deps)
+    async with deps.sessions.begin() as session:
+        info = await workspaces.set_key_limits(
+            session,
+            request.path_params["key_id"],
+            rpm_limit=body.get("rpm_limit"),
+            tpm_limit=body.get("tpm_limit"),
+        )
+    deps.keys.forget()
+    return _json(info.as_json())
 
 
 async def revoke_key(request: Request) -> Response:

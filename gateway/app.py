@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
     ]
     app = Starlette(
         routes=routes,

@@ -59,22 +59,39 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         migrate.upgrade(settings.database_url, embedding_dim=settings.embedding_dim)
     host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
+    from gateway.observe import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
         "http": "httptools",
         "access_log": False,
+        "log_config": None,  # ours (configure_logging): one format for every logger
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
         os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = settings.database_url, settings.redis_url
+        _multiprocess_metrics(settings, port)
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **common)
     else:
         from gateway.app import create_app
 
         uvicorn.run(create_app(settings), **common)
+
+
+def _multiprocess_metrics(settings: Settings, port: int) -> None:
+    """prometheus-client's multiprocess mode: one fresh directory shared by the workers."""
+    import shutil
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(
+        (settings.data_dir / f"prometheus-{port}").resolve()
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from gateway import metrics
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.limits import Limiter
@@ -85,6 +86,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         )
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
+        deps.tasks.append(asyncio.create_task(metrics.sample_background(deps)))
         yield deps
     finally:
         for task in deps.tasks:

@@ -85,3 +85,23 @@ async def metrics(request: Request) -> Response:
     from prometheus_client import REGISTRY
 
     return Response(generate_latest(registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def sample_background(deps: object, interval: float = 10.0) -> None:
+    """Every ``interval`` seconds: RQ queue depths, failed jobs, the outbox backlog and age."""
+    import asyncio
+    import contextlib
+
+    from workers.outbox import QUEUES, backlog
+
+    while True:
+        with contextlib.suppress(Exception):  # a sample missed is a gauge a little stale
+            redis = deps.redis  # type: ignore[attr-defined]
+            for queue in QUEUES:
+                QUEUE_DEPTH.labels(queue).set(await redis.llen(f"rq:queue:{queue}"))
+                FAILED_JOBS.labels(queue).set(await redis.zcard(f"rq:failed:{queue}"))
+            async with deps.sessions() as session:  # type: ignore[attr-defined]
+                count, age = await backlog(session)
+            OUTBOX_BACKLOG.set(count)
+            OUTBOX_AGE.set(age)
+        await asyncio.sleep(interval)

@@ -122,6 +122,8 @@ def gateway_env(services: Services, mock: MockUpstream, providers: Path, **extra
         CMG_UPSTREAM_TIMEOUT="2",
         CMG_AUTH_CACHE_SECONDS="1",
         CMG_CATALOG_REFRESH_SECONDS="1",
+        CMG_USAGE_FLUSH_SECONDS="0.2",
+        CMG_OUTBOX_INTERVAL_SECONDS="1",
     )
     env.update(extra)
     return env
