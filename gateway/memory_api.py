@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -267,7 +268,7 @@ async def get_injection(request: Request) -> Response:
     )
 
 
-async def _item(session: Any, caller: Caller, raw_id: str) -> MemoryItem:
+async def _item(session: AsyncSession, caller: Caller, raw_id: str) -> MemoryItem:
     try:
         item_id = uuid.UUID(raw_id)
     except ValueError:

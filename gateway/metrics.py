@@ -76,7 +76,7 @@ OUTBOX_AGE = Gauge(
 def registry() -> CollectorRegistry | None:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         collected = CollectorRegistry()
-        multiprocess.MultiProcessCollector(collected)
+        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
         return collected
     return None
 

@@ -130,7 +130,7 @@ class Observe:
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _REQUEST_ID.match(candidate):
                 return candidate
             break
@@ -159,7 +159,8 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return orjson.dumps(line, default=str).decode()
+        text: str = orjson.dumps(line, default=str).decode()
+        return text
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import context, recall, store
+from memory import context, store
+from memory.recall import DocCounts, Filters, Hit, search as hybrid_search
 from memory.embedder import Embedder
 from memory.redact import redact
 from memory.schema import MemoryItem
@@ -74,7 +75,7 @@ class Memory:
         self.embedder = embedder
         self.knobs = knobs
         self.relay = relay
-        self.counts = recall.DocCounts()
+        self.counts = DocCounts()
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
 
     async def embed_query(self, query: str) -> list[float]:
@@ -118,9 +119,9 @@ class Memory:
                 summary = await _summary(session, scope)
             hits = []
             if query:
-                hits = await recall.search(
+                hits = await hybrid_search(
                     session,
-                    recall.Filters(scope.workspace_id, scope.end_user),
+                    Filters(scope.workspace_id, scope.end_user),
                     query,
                     vector,
                     limit=self.knobs.max_items * 3,
@@ -172,12 +173,12 @@ class Memory:
             self.relay.kick()
 
     async def search(
-        self, filters: recall.Filters, query: str, k: int,
+        self, filters: Filters, query: str, k: int,
         legs: tuple[str, ...] = ("vector", "lexical"),
-    ) -> list[recall.Hit]:  # fmt: skip
+    ) -> list[Hit]:  # fmt: skip
         vector = await self.embed_query(query) if "vector" in legs else None
         async with self.sessions() as session:
-            hits = await recall.search(
+            hits = await hybrid_search(
                 session, filters, query, vector, limit=k, candidates=max(self.knobs.candidates, k),
                 min_similarity=-1.0, counts=self.counts, legs=legs,
             )  # fmt: skip
@@ -197,7 +198,7 @@ def query_text(turns: Sequence[Any]) -> str:
     return query[-4000:]
 
 
-async def _summary(session: AsyncSession, scope: store.Scope) -> recall.Hit | None:
+async def _summary(session: AsyncSession, scope: store.Scope) -> Hit | None:
     row = await session.scalar(
         select(MemoryItem)
         .where(
@@ -210,7 +211,7 @@ async def _summary(session: AsyncSession, scope: store.Scope) -> recall.Hit | No
     )
     if row is None:
         return None
-    return recall.Hit(
+    return Hit(
         row.id, row.kind, row.role, row.thread_id, row.end_user, row.content, row.content_hash,
         row.token_count, row.meta or {}, row.created_at,
     )  # fmt: skip

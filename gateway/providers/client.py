@@ -83,6 +83,7 @@ class ProviderClient:
                     )
                     break  # a slow provider is not retried; the next target may be faster
                 except aiohttp.ClientError as exc:
+                    delay: float | None
                     last = UpstreamError(
                         f"could not reach provider {target.provider.name}: {type(exc).__name__}",
                         code="upstream_unreachable",

@@ -10,7 +10,7 @@ from memory.schema import Base
 url = context.config.attributes.get("database_url") or context.config.get_main_option(
     "sqlalchemy.url"
 )
-engine = sync_engine(url)
+engine = sync_engine(str(url))
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=Base.metadata)
     with context.begin_transaction():
