@@ -4,7 +4,8 @@ The outbox enqueues ``workers.jobs.<name>(**args)``; the scheduler enqueues the 
 ones. Everything a job needs (settings, a sync database engine, the embedder, a Redis client)
 is built lazily, once per process, in ``_Context``: ``cmg worker`` calls ``configure`` with its
 resolved settings and ``preload`` before taking jobs, so no job pays the model load; anything
-else (``rq worker``, a test) gets ``Settings.from_env()``. A forked child rebuilds its own.
+else (``rq worker``, a test) gets ``Settings.from_env()``. A forked child keeps the loaded
+model and opens its own connections.
 """
 
 from __future__ import annotations

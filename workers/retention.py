@@ -22,7 +22,7 @@ BATCH = 1000
 OUTBOX_KEEP_DAYS = 7
 
 _WORKSPACES = text(
-    "SELECT id, (settings->>'retention_days')::int AS days FROM workspaces "
+    "SELECT id, floor((settings->>'retention_days')::numeric)::int AS days FROM workspaces "
     "WHERE jsonb_typeof(settings->'retention_days') = 'number' "
     "AND (settings->>'retention_days')::numeric >= 1"
 )

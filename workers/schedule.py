@@ -33,6 +33,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
+from rq.worker import DequeueStrategy
 from rq_scheduler import Scheduler
 
 from gateway.settings import Settings
@@ -82,7 +83,13 @@ def run_worker(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: boo
         connection=redis,
         maintenance_interval=WORKER_MAINTENANCE_SECONDS,
     )
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    worker.work(
+        burst=burst,
+        with_scheduler=True,
+        logging_level=settings.log_level.upper(),
+        # A flood of embed jobs must not starve summaries and the periodic maintenance.
+        dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+    )
 
 
 def reclaim_abandoned(redis: Redis, queues: Sequence[str]) -> int:
@@ -251,6 +258,7 @@ def _failure(redis: Redis, job_id: str) -> dict[str, Any]:
         job = Job.fetch(job_id, connection=redis)
     except Exception:
         return {"id": job_id, "error": None}
-    exc = job.exc_info or ""
+    result = job.latest_result()
+    exc = (result.exc_string if result is not None else None) or ""
     lines = [line for line in exc.strip().splitlines() if line.strip()]
     return {"id": job_id, "func": job.func_name, "error": lines[-1] if lines else None}

@@ -278,18 +278,21 @@ _INTENT = re.compile(
 )
 _LINE = re.compile(r"^- (\[\d{4}-\d{2}-\d{2}\] \w+: )?")
 _MAX_LINE_WORDS = 60
+_MAX_LINE_CHARS = 400
 
 
 def extractive(previous: str | None, messages: Sequence[Message]) -> str:
     """The most informative sentences, in order, within ``MAX_TOKENS``.
 
     Sentences with numbers, names, dates and stated preferences or decisions score high; the
-    first and the last user statements are always kept; lines of the previous summary start
-    with a bonus, so established facts are not pushed out by chatter.
+    first and the last user statements are always kept (the thread's first stays the summary's
+    first line across refreshes); lines of the previous summary start with a bonus, so
+    established facts are not pushed out by chatter.
     """
     candidates: list[tuple[float, int, str]] = []
-    for line in _previous_lines(previous):
-        candidates.append((_score(_LINE.sub("", line)) + 1.0, len(candidates), line))
+    for n, line in enumerate(_previous_lines(previous)):
+        bonus = 100.0 if n == 0 else 1.0  # its first line is the thread's first statement
+        candidates.append((_score(_LINE.sub("", line)) + bonus, len(candidates), line))
     users = [m for m in messages if m.role == "user"]
     anchors = {users[0].id, users[-1].id} if users else set()
     for message in messages:
@@ -309,6 +312,9 @@ def extractive(previous: str | None, messages: Sequence[Message]) -> str:
             continue
         chosen.append((order, line))
         used += tokens
+    if not chosen and candidates:  # one huge sentence: keep what fits of the best one
+        best = max(candidates, key=lambda c: c[0])[2]
+        chosen = [(0, best[: MAX_TOKENS * 2] + " …")]
     return "\n".join(line for _, line in sorted(chosen))
 
 
@@ -340,4 +346,6 @@ def _score(sentence: str) -> float:
 
 def _clip(sentence: str) -> str:
     words = sentence.split()
-    return sentence if len(words) <= _MAX_LINE_WORDS else " ".join(words[:_MAX_LINE_WORDS]) + " …"
+    if len(words) > _MAX_LINE_WORDS:
+        sentence = " ".join(words[:_MAX_LINE_WORDS]) + " …"
+    return sentence if len(sentence) <= _MAX_LINE_CHARS else sentence[:_MAX_LINE_CHARS] + " …"
