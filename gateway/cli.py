@@ -78,7 +78,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **common)
     else:
         from gateway.app import create_app
+        from gateway.metrics import serve_on_port
 
+        serve_on_port(host, settings.metrics_port)
         uvicorn.run(create_app(settings), **common)
 
 
@@ -144,8 +146,9 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
 
     async def work(session: Any) -> Any:
         return await workspaces.create_key(
-            session, args.workspace, name=args.name, expires_in_days=args.expires_in
-        )
+            session, args.workspace, name=args.name, expires_in_days=args.expires_in,
+            rpm_limit=args.rpm, tpm_limit=args.tpm,
+        )  # fmt: skip
 
     secret, info = _db(resolve_services(settings), work)
     _emit(args, {**info.as_json(), "key": secret}, secret)
@@ -164,6 +167,18 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
         for k in keys
     ]
     _emit(args, keys, "\n".join(lines))
+
+
+def cmd_key_limits(args: argparse.Namespace, settings: Settings) -> None:
+    from gateway import workspaces
+
+    async def work(session: Any) -> Any:
+        return await workspaces.set_key_limits(
+            session, args.id, rpm_limit=args.rpm or None, tpm_limit=args.tpm or None
+        )
+
+    info = _db(resolve_services(settings), work)
+    _emit(args, info.as_json(), f"{info.id}: rpm={info.rpm_limit} tpm={info.tpm_limit}")
 
 
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
@@ -364,12 +379,20 @@ def _parser() -> argparse.ArgumentParser:
     kcreate.add_argument("--workspace", required=True)
     kcreate.add_argument("--name", default="")
     kcreate.add_argument("--expires-in", type=float, metavar="DAYS")
+    kcreate.add_argument("--rpm", type=int, help="requests per minute")
+    kcreate.add_argument("--tpm", type=int, help="tokens per minute")
     kcreate.add_argument("--json", action="store_true")
     kcreate.set_defaults(run=cmd_key_create)
     klist = key.add_parser("list")
     klist.add_argument("--workspace")
     klist.add_argument("--json", action="store_true")
     klist.set_defaults(run=cmd_key_list)
+    klimits = key.add_parser("limits", help="set per-minute limits (0 removes one)")
+    klimits.add_argument("id")
+    klimits.add_argument("--rpm", type=int, default=0)
+    klimits.add_argument("--tpm", type=int, default=0)
+    klimits.add_argument("--json", action="store_true")
+    klimits.set_defaults(run=cmd_key_limits)
     krevoke = key.add_parser("revoke")
     krevoke.add_argument("id")
     krevoke.add_argument("--json", action="store_true")

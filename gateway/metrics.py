@@ -9,20 +9,27 @@ few seconds and exported as gauges, so scrapes never wait on Redis or Postgres.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from starlette.requests import Request
 from starlette.responses import Response
 
+F = TypeVar("F", bound=Callable[..., Any])
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -65,12 +72,40 @@ FAIL_OPEN = Counter(
     "cmg_ratelimit_fail_open_total", "Requests let through because the limiter was unreachable."
 )
 AUTH_FAILURES = Counter("cmg_auth_failures_total", "Requests refused at authentication.", ["code"])
+JOB_DURATION = Histogram(
+    "cmg_job_duration_seconds", "Background job run time by job.", ["job"], buckets=_LATENCY
+)
+JOB_FAILURES = Counter("cmg_job_failures_total", "Background job failures by job.", ["job"])
 QUEUE_DEPTH = Gauge("cmg_rq_queue_depth", "Jobs waiting per RQ queue.", ["queue"], multiprocess_mode="max")
 FAILED_JOBS = Gauge("cmg_rq_failed_jobs", "Jobs in the failed registry per queue.", ["queue"], multiprocess_mode="max")
 OUTBOX_BACKLOG = Gauge("cmg_outbox_backlog", "Outbox rows not yet pushed to Redis.", multiprocess_mode="max")
 OUTBOX_AGE = Gauge(
     "cmg_outbox_oldest_age_seconds", "Age of the oldest unpushed outbox row.", multiprocess_mode="max"
 )
+
+
+def timed_job(func: F) -> F:
+    """Record a job's duration and failures (worker side)."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            JOB_FAILURES.labels(name).inc()
+            raise
+        finally:
+            JOB_DURATION.labels(name).observe(time.perf_counter() - started)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def serve_on_port(host: str, port: int) -> None:
+    """Metrics on their own port (workers, or a gateway that keeps /metrics off its API port)."""
+    if port:
+        start_http_server(port, addr=host, registry=registry() or REGISTRY)
 
 
 def registry() -> CollectorRegistry | None:
@@ -82,8 +117,6 @@ def registry() -> CollectorRegistry | None:
 
 
 async def metrics(request: Request) -> Response:
-    from prometheus_client import REGISTRY
-
     return Response(generate_latest(registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -75,6 +75,9 @@ class Settings:
     log_format: str = _s(
         "CMG_LOG_FORMAT", "json (one object per line) or text.", "json"
     )
+    metrics_port: int = _s(
+        "CMG_METRICS_PORT", "Also serve metrics on this port (workers: their only metrics).", 0
+    )
     ratelimit_fail_open: bool = _s(
         "CMG_RATELIMIT_FAIL_OPEN", "Let requests through when Redis (the limiter) is down.", True
     )

@@ -198,14 +198,16 @@ def gateway(
 def worker(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
     """A real RQ worker process (all queues) beside the session gateway."""
     log = (tmp_path_factory.mktemp("logs") / "worker.log").open("wb")
+    metrics_port = embedded.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "worker"],
-        env=gateway.env,
+        env={**gateway.env, "CMG_METRICS_PORT": str(metrics_port)},
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    proc.metrics_port = metrics_port  # type: ignore[attr-defined]
     try:
         yield proc
     finally:

@@ -22,6 +22,7 @@ from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.metrics import timed_job
 from gateway.settings import Settings
 from memory.db import sync_engine
 from memory.embedder import Embedder
@@ -118,6 +119,7 @@ def _ctx() -> _Context:
 # --- the jobs ---
 
 
+@timed_job
 def embed_items(item_ids: list[str]) -> int:
     """Embed these items where still unembedded; returns how many this run wrote."""
     ids = [uuid.UUID(i) for i in item_ids]
@@ -125,6 +127,7 @@ def embed_items(item_ids: list[str]) -> int:
     return embedding.embed(ctx.engine, ctx.embedder, ids)
 
 
+@timed_job
 def refresh_summary(workspace_id: str, thread_id: str) -> str | None:
     """Fold the thread's new messages into its summary; the new summary's id, or None."""
     workspace = uuid.UUID(workspace_id)
@@ -142,6 +145,7 @@ def refresh_summary(workspace_id: str, thread_id: str) -> str | None:
     return str(item_id)
 
 
+@timed_job
 def sync_catalog() -> int:
     """Refresh the model catalog from every provider's ``/models``."""
     from gateway.providers import config as provider_config
@@ -166,6 +170,7 @@ def sync_catalog() -> int:
     return asyncio.run(run())
 
 
+@timed_job
 def sweep_unembedded(older_than_seconds: int = 60) -> int:
     """Enqueue embed jobs for items left without a vector (a job lost with Redis, say).
 
@@ -191,12 +196,14 @@ def sweep_unembedded(older_than_seconds: int = 60) -> int:
     return len(ids)
 
 
+@timed_job
 def push_outbox() -> int:
     """Push every pending outbox row to RQ; returns how many."""
     ctx = _ctx()
     return drain_sync(ctx.sessions, ctx.redis)
 
 
+@timed_job
 def purge_retention() -> int:
     """Delete memory older than each workspace's ``retention_days``; returns items deleted."""
     ctx = _ctx()

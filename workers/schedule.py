@@ -36,6 +36,7 @@ from rq.scripts import release_lock
 from rq.worker import DequeueStrategy
 from rq_scheduler import Scheduler
 
+from gateway.metrics import serve_on_port
 from gateway.settings import Settings
 from workers.outbox import JOB_MODULE, MAINTENANCE, QUEUES, Enqueue, enqueue
 
@@ -74,6 +75,7 @@ def run_worker(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: boo
 
     jobs.configure(settings)
     jobs.preload(queues)
+    serve_on_port(settings.host, settings.metrics_port)
     redis = Redis.from_url(settings.redis_url)
     reclaimed = reclaim_abandoned(redis, queues)
     if reclaimed:

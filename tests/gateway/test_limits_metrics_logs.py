@@ -203,3 +203,20 @@ def test_detailed_health_needs_the_master_key(http: httpx.Client, tenant: Tenant
     assert body["status"] == "ready"
     assert set(body["checks"]) == {"database", "redis", "embedder"}
     assert all(c["ok"] and c["latency_ms"] >= 0 for c in body["checks"].values())
+
+
+def test_worker_exports_job_metrics_on_its_port(
+    worker: Any, http: httpx.Client, tenant: Tenant
+) -> None:
+    added = http.post(
+        "/v1/memory/items?wait=true", json={"items": [{"content": "metrics for the worker"}]},
+        headers={"Authorization": f"Bearer {tenant.key}"},
+    )  # fmt: skip
+    assert added.json()["searchable"] is True
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+    assert _sample(text, "cmg_job_duration_seconds_count", job="embed_items") >= 1
+
+
+def test_queue_and_outbox_gauges_are_exported(http: httpx.Client) -> None:
+    families = {f.name for f in text_string_to_metric_families(http.get("/metrics").text)}
+    assert {"cmg_rq_queue_depth", "cmg_outbox_backlog", "cmg_outbox_oldest_age_seconds"} <= families
