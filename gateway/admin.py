@@ -135,7 +135,9 @@ async def usage(request: Request) -> Response:
     name = request.query_params.get("workspace")
     async with deps.sessions() as session:
         workspace_id = str((await workspaces.get_workspace(session, name)).id) if name else None
-        data = await report(session, workspace_id=workspace_id, start=start, end=end, group_by=group_by)
+        data = await report(
+            session, workspace_id=workspace_id, start=start, end=end, group_by=group_by
+        )
     return _json({"object": "list", "workspace": name, "start": str(start), "end": str(end),
                   "group_by": group_by, "data": data})  # fmt: skip
 

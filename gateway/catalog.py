@@ -40,7 +40,10 @@ class Catalog:
         prices: dict[str, tuple[Decimal, Decimal]] = {}
         for row in rows:
             if row.prompt_price is not None or row.completion_price is not None:
-                prices[row.id] = (row.prompt_price or Decimal(0), row.completion_price or Decimal(0))
+                prices[row.id] = (
+                    row.prompt_price or Decimal(0),
+                    row.completion_price or Decimal(0),
+                )
             models[row.id] = _model_object(row)
             by_provider.setdefault(row.provider, set()).add(row.upstream_id)
             if row.context_length:
@@ -60,7 +63,9 @@ class Catalog:
     def get(self, model_id: str) -> dict[str, Any]:
         model = self._models.get(model_id)
         if model is None:
-            raise NotFound(f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+            raise NotFound(
+                f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
         return model
 
     def context_length(self, model_id: str) -> int | None:

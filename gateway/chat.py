@@ -55,7 +55,11 @@ async def chat_completions(request: Request) -> Response:
     if recalled is not None:
         obs.memory_items, obs.memory_tokens = _injected_count(recalled), recalled.injected.tokens
         obs.recall_s = recalled.timings.get("recall")
-    forwarded = chat.with_messages(recalled.messages) if recalled and recalled.messages != chat.messages else chat
+    forwarded = (
+        chat.with_messages(recalled.messages)
+        if recalled and recalled.messages != chat.messages
+        else chat
+    )
     upstream = await deps.providers.send("/chat/completions", forwarded, route)
     obs.provider, obs.attempts = upstream.target.provider.name, upstream.attempts
     obs.fallback = upstream.target is not route[0]
@@ -73,7 +77,9 @@ async def chat_completions(request: Request) -> Response:
             media_type="text/event-stream",
         )
     body, parsed = await read_json(upstream)
-    await turn.finish(_first_message(parsed), parsed.get("usage") if isinstance(parsed, dict) else None)
+    await turn.finish(
+        _first_message(parsed), parsed.get("usage") if isinstance(parsed, dict) else None
+    )
     headers["X-Gateway-Overhead-Ms"] = _ms(time.perf_counter() - started - (obs.upstream_s or 0.0))
     return Response(body, upstream.response.status, headers, media_type="application/json")
 

@@ -73,7 +73,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
-        os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = settings.database_url, settings.redis_url
+        os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = (
+            settings.database_url,
+            settings.redis_url,
+        )
         _multiprocess_metrics(settings, port)
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **common)
     else:
@@ -130,7 +133,11 @@ def cmd_workspace_set(args: argparse.Namespace, settings: Settings) -> None:
         return await workspaces.update_settings(session, args.name, changes)
 
     workspace = _db(resolve_services(settings), work)
-    _emit(args, {"name": workspace.name, "settings": workspace.settings}, f"{workspace.name}: {workspace.settings}")
+    _emit(
+        args,
+        {"name": workspace.name, "settings": workspace.settings},
+        f"{workspace.name}: {workspace.settings}",
+    )
 
 
 def cmd_workspace_list(args: argparse.Namespace, settings: Settings) -> None:

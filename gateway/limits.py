@@ -52,7 +52,9 @@ for i, subject in ipairs(KEYS) do
   end
   if tpm > 0 and used_t + tokens > tpm then
     local wait = window - (now % window)
-    if ct + tokens <= tpm and pt > 0 then wait = math.ceil(window * (used_t + tokens - tpm) / pt) end
+    if ct + tokens <= tpm and pt > 0 then
+      wait = math.ceil(window * (used_t + tokens - tpm) / pt)
+    end
     return {0, i, 'tokens', wait}
   end
   left[#left + 1] = math.floor(rpm - used_r - 1)

@@ -51,7 +51,9 @@ async def add_items(request: Request) -> Response:
     data = [{"id": str(i), "object": "memory.item"} for i in ids]
     if request.query_params.get("wait", "").lower() in ("1", "true", "yes"):
         searchable = await _wait_embedded(deps, caller, ids)
-        return _json({"object": "list", "data": data, "searchable": searchable}, 200 if searchable else 202)
+        return _json(
+            {"object": "list", "data": data, "searchable": searchable}, 200 if searchable else 202
+        )
     return _json({"object": "list", "data": data, "searchable": False}, 201)
 
 
@@ -96,7 +98,9 @@ def _optional_str(entry: dict[str, Any], name: str, param: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > 256:
-        raise BadRequest(f"{param}.{name} must be a string of 1-256 characters", param=f"{param}.{name}")
+        raise BadRequest(
+            f"{param}.{name} must be a string of 1-256 characters", param=f"{param}.{name}"
+        )
     return value
 
 
@@ -143,7 +147,9 @@ async def search(request: Request) -> Response:
     mode = params.get("mode", "hybrid")
     if mode not in legs:
         raise BadRequest("mode must be hybrid, vector or lexical", param="mode")
-    filters = Filters(caller.workspace_id, params.get("user") or None, params.get("thread_id") or None)
+    filters = Filters(
+        caller.workspace_id, params.get("user") or None, params.get("thread_id") or None
+    )
     hits = await deps.memory.search(filters, query[:4000], k, legs=legs[mode])
     return _json({"object": "list", "data": [h.as_json() for h in hits]})
 
@@ -182,7 +188,9 @@ async def list_threads(request: Request) -> Response:
                 | ((Thread.updated_at == cursor.updated_at) & (Thread.id < cursor.id))
             )
         rows = list(
-            await session.scalars(query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(limit + 1))
+            await session.scalars(
+                query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(limit + 1)
+            )
         )
     page = rows[:limit]
     return _json(
@@ -227,7 +235,9 @@ async def delete_thread(request: Request) -> Response:
         if exists is None:
             raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
         deleted = await forget.forget_where(session, caller.workspace_id, thread_id=thread_id)
-    return _json({"id": thread_id, "object": "memory.thread.deleted", "deleted": True, "items": deleted})
+    return _json(
+        {"id": thread_id, "object": "memory.thread.deleted", "deleted": True, "items": deleted}
+    )
 
 
 async def delete_user(request: Request) -> Response:
@@ -245,11 +255,15 @@ async def get_injection(request: Request) -> Response:
     async with deps.sessions() as session:
         row = await session.get(Injection, request_id)
         if row is None or row.workspace_id != ws:
-            raise NotFound(f"no memory record for request {request_id!r}", param="request_id", code="not_found")
+            raise NotFound(
+                f"no memory record for request {request_id!r}", param="request_id", code="not_found"
+            )
         items = {
             i.id: i
             for i in await session.scalars(
-                select(MemoryItem).where(MemoryItem.workspace_id == ws, MemoryItem.id.in_(row.item_ids))
+                select(MemoryItem).where(
+                    MemoryItem.workspace_id == ws, MemoryItem.id.in_(row.item_ids)
+                )
             )
         }
     return _json(
@@ -261,7 +275,9 @@ async def get_injection(request: Request) -> Response:
             "created_at": int(row.created_at.timestamp()),
             "detail": row.detail,
             "items": [
-                _item_json(items[i]) if i in items else {"id": str(i), "object": "memory.item", "deleted": True}
+                _item_json(items[i])
+                if i in items
+                else {"id": str(i), "object": "memory.item", "deleted": True}
                 for i in row.item_ids
             ],
         }
@@ -323,4 +339,3 @@ def _int(raw: str, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}", param=name)
     return value
-

@@ -56,7 +56,9 @@ UPSTREAM_ERRORS = Counter(
     "cmg_upstream_errors_total", "Upstream failures by kind.", ["provider", "kind"]
 )
 RETRIES = Counter("cmg_upstream_retries_total", "Upstream retries.", ["provider"])
-FALLBACKS = Counter("cmg_upstream_fallbacks_total", "Requests answered by a fallback route.", ["provider"])
+FALLBACKS = Counter(
+    "cmg_upstream_fallbacks_total", "Requests answered by a fallback route.", ["provider"]
+)
 TOKENS = Counter("cmg_tokens_total", "Tokens by model and direction.", ["model", "direction"])
 COST = Counter("cmg_cost_usd_total", "Cost in USD by model (catalog prices).", ["model"])
 RECALL = Histogram(
@@ -76,11 +78,22 @@ JOB_DURATION = Histogram(
     "cmg_job_duration_seconds", "Background job run time by job.", ["job"], buckets=_LATENCY
 )
 JOB_FAILURES = Counter("cmg_job_failures_total", "Background job failures by job.", ["job"])
-QUEUE_DEPTH = Gauge("cmg_rq_queue_depth", "Jobs waiting per RQ queue.", ["queue"], multiprocess_mode="max")
-FAILED_JOBS = Gauge("cmg_rq_failed_jobs", "Jobs in the failed registry per queue.", ["queue"], multiprocess_mode="max")
-OUTBOX_BACKLOG = Gauge("cmg_outbox_backlog", "Outbox rows not yet pushed to Redis.", multiprocess_mode="max")
+QUEUE_DEPTH = Gauge(
+    "cmg_rq_queue_depth", "Jobs waiting per RQ queue.", ["queue"], multiprocess_mode="max"
+)
+FAILED_JOBS = Gauge(
+    "cmg_rq_failed_jobs",
+    "Jobs in the failed registry per queue.",
+    ["queue"],
+    multiprocess_mode="max",
+)
+OUTBOX_BACKLOG = Gauge(
+    "cmg_outbox_backlog", "Outbox rows not yet pushed to Redis.", multiprocess_mode="max"
+)
 OUTBOX_AGE = Gauge(
-    "cmg_outbox_oldest_age_seconds", "Age of the oldest unpushed outbox row.", multiprocess_mode="max"
+    "cmg_outbox_oldest_age_seconds",
+    "Age of the oldest unpushed outbox row.",
+    multiprocess_mode="max",
 )
 
 

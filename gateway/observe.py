@@ -88,8 +88,14 @@ class Observe:
                 status = message["status"]
                 headers = message.setdefault("headers", [])
                 headers.append(header)
-                streaming = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
-            elif message["type"] == "http.response.body" and first_body is None and message.get("body"):
+                streaming = any(
+                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers
+                )
+            elif (
+                message["type"] == "http.response.body"
+                and first_body is None
+                and message.get("body")
+            ):
                 first_body = time.perf_counter()
             await send(message)
 
@@ -168,7 +174,11 @@ def configure_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s %(fields)s", defaults={"fields": ""}))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(fields)s", defaults={"fields": ""}
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -26,7 +26,9 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "malformed JSON"
-        raise BadRequest(f"could not parse the request body: {reason}", code="invalid_json") from exc
+        raise BadRequest(
+            f"could not parse the request body: {reason}", code="invalid_json"
+        ) from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return body
@@ -76,7 +78,9 @@ class ChatRequest:
         return ChatRequest(self.raw, {**self.body, "model": model}, model, self.stream, True)
 
     def with_messages(self, messages: list[dict[str, Any]]) -> ChatRequest:
-        return ChatRequest(self.raw, {**self.body, "messages": messages}, self.model, self.stream, True)
+        return ChatRequest(
+            self.raw, {**self.body, "messages": messages}, self.model, self.stream, True
+        )
 
     def payload(self) -> bytes:
         return orjson.dumps(self.body) if self.changed else self.raw

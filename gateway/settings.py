@@ -34,7 +34,9 @@ class Settings:
         "CMG_DATA_DIR", "Where embedded PostgreSQL/Redis and local state live.", Path(".cmg")
     )
     database_url: str = _s(
-        "DATABASE_URL", "PostgreSQL (with pgvector). Unset: embedded PostgreSQL in the data dir.", ""
+        "DATABASE_URL",
+        "PostgreSQL (with pgvector). Unset: embedded PostgreSQL in the data dir.",
+        "",
     )
     redis_url: str = _s("REDIS_URL", "Redis. Unset: embedded redis-server in the data dir.", "")
     master_key: str = _s(
@@ -72,9 +74,7 @@ class Settings:
         "CMG_CATALOG_REFRESH_SECONDS", "How often each gateway reloads the model catalog.", 60.0
     )
     log_level: str = _s("CMG_LOG_LEVEL", "Log level (debug, info, warning, error).", "info")
-    log_format: str = _s(
-        "CMG_LOG_FORMAT", "json (one object per line) or text.", "json"
-    )
+    log_format: str = _s("CMG_LOG_FORMAT", "json (one object per line) or text.", "json")
     metrics_port: int = _s(
         "CMG_METRICS_PORT", "Also serve metrics on this port (workers: their only metrics).", 0
     )
@@ -85,8 +85,10 @@ class Settings:
         "CMG_USAGE_FLUSH_SECONDS", "How often buffered usage events are written.", 2.0
     )
     memory_default: str = _s(
-        "CMG_MEMORY_DEFAULT", "Memory mode when a request and its workspace say nothing: "
-        "on, off, read (recall only) or write (capture only).", "on"
+        "CMG_MEMORY_DEFAULT",
+        "Memory mode when a request and its workspace say nothing: "
+        "on, off, read (recall only) or write (capture only).",
+        "on",
     )
     memory_max_tokens: int = _s(
         "CMG_MEMORY_MAX_TOKENS", "Token budget of the injected memory message.", 1000
@@ -104,19 +106,25 @@ class Settings:
         "CMG_CONTEXT_WINDOW_DEFAULT", "Context window assumed for models the catalog lacks.", 128000
     )
     embedder: str = _s(
-        "CMG_EMBEDDER", "local (MiniLM int8 ONNX, 384 dims) or openai (any /v1/embeddings).", "local"
+        "CMG_EMBEDDER",
+        "local (MiniLM int8 ONNX, 384 dims) or openai (any /v1/embeddings).",
+        "local",
     )
     embeddings_base_url: str = _s(
         "CMG_EMBEDDINGS_BASE_URL", "Base URL of the OpenAI-compatible embedder.", ""
     )
-    embeddings_model: str = _s("CMG_EMBEDDINGS_MODEL", "Model of the OpenAI-compatible embedder.", "")
+    embeddings_model: str = _s(
+        "CMG_EMBEDDINGS_MODEL", "Model of the OpenAI-compatible embedder.", ""
+    )
     embeddings_api_key: str = _s(
         "CMG_EMBEDDINGS_API_KEY", "Key of the OpenAI-compatible embedder.", ""
     )
     embedding_dim: int = _s(
         "CMG_EMBEDDING_DIM", "Vector dimension (fixed when the schema is created).", 384
     )
-    embedder_threads: int = _s("CMG_EMBEDDER_THREADS", "onnxruntime threads of the local embedder.", 1)
+    embedder_threads: int = _s(
+        "CMG_EMBEDDER_THREADS", "onnxruntime threads of the local embedder.", 1
+    )
     summary_model: str = _s(
         "CMG_SUMMARY_MODEL", "Model that writes thread summaries (unset: extractive summaries).", ""
     )

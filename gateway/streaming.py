@@ -77,7 +77,11 @@ def sse_error(message: str, type: str, code: str | None) -> bytes:
 def answer(tap: StreamTap) -> dict[str, Any] | None:
     """The streamed first choice as an assistant message (for memory)."""
     calls = [
-        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
         for _, c in sorted(tap.tool_calls.get(0, {}).items())
     ]
     content = tap.text(0)
@@ -92,7 +96,9 @@ def answer(tap: StreamTap) -> dict[str, Any] | None:
 OnEnd = Callable[[StreamTap], Awaitable[None]]
 
 
-async def relay(upstream: Upstream, tap: StreamTap, on_end: OnEnd | None = None) -> AsyncIterator[bytes]:
+async def relay(
+    upstream: Upstream, tap: StreamTap, on_end: OnEnd | None = None
+) -> AsyncIterator[bytes]:
     """Relay events; ``on_end`` (remember the turn) runs before the final ``[DONE]`` goes out."""
     splitter = _EventSplitter()
     ended = False
@@ -122,7 +128,7 @@ async def relay(upstream: Upstream, tap: StreamTap, on_end: OnEnd | None = None)
             failure = await _finish(on_end, tap)
             if failure:
                 yield failure
-    except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         tap.error = {"message": type(exc).__name__}
         yield sse_error(
             f"the provider stream broke off: {type(exc).__name__}", "upstream_error", "stream_error"

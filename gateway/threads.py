@@ -50,7 +50,9 @@ def memory_mode(request: Request, caller: Caller, default: str) -> str:
         mode = header.strip().lower()
         if mode not in MODES:
             raise BadRequest(
-                f"X-Memory must be one of {', '.join(MODES)}", param="X-Memory", code="invalid_value"
+                f"X-Memory must be one of {', '.join(MODES)}",
+                param="X-Memory",
+                code="invalid_value",
             )
         return mode
     configured = caller.settings.get("memory")
@@ -73,7 +75,9 @@ def plan(request: Request, caller: Caller, chat: ChatRequest, default_mode: str)
     user = end_user(request, chat.body) if mode != "off" else None
     thread = None
     if mode != "off":
-        thread = request.headers.get("x-thread-id") or fingerprint(caller.workspace_id, user, chat.messages)
+        thread = request.headers.get("x-thread-id") or fingerprint(
+            caller.workspace_id, user, chat.messages
+        )
         if not _ID.match(thread):
             raise BadRequest(
                 "X-Thread-Id must be 1-200 characters of letters, digits and ._:-/@",
@@ -86,7 +90,9 @@ def plan(request: Request, caller: Caller, chat: ChatRequest, default_mode: str)
 
 def fingerprint(workspace_id: str, user: str | None, messages: list[Any]) -> str:
     system = "\n".join(
-        message_text(m) for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+        message_text(m)
+        for m in messages
+        if isinstance(m, dict) and m.get("role") in ("system", "developer")
     )
     first_user = next(
         (message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"), ""

@@ -239,7 +239,9 @@ async def usage_endpoint(request: Any) -> Any:
     caller = await authenticate(request, deps.keys)
     start, end, group_by = _period(request)
     async with deps.sessions() as session:
-        data = await report(session, workspace_id=caller.workspace_id, start=start, end=end, group_by=group_by)
+        data = await report(
+            session, workspace_id=caller.workspace_id, start=start, end=end, group_by=group_by
+        )
     body = {"object": "list", "workspace": caller.workspace, "start": str(start), "end": str(end),
             "group_by": group_by, "data": data}  # fmt: skip
     return Response(orjson.dumps(body), media_type="application/json")

@@ -90,7 +90,10 @@ async def get_workspace(session: AsyncSession, name: str) -> Workspace:
 
 # Per-workspace settings and how each value is checked.
 WORKSPACE_SETTINGS: dict[str, tuple[str, Any]] = {
-    "memory": ("memory mode: on, off, read or write", lambda v: v in ("on", "off", "read", "write")),
+    "memory": (
+        "memory mode: on, off, read or write",
+        lambda v: v in ("on", "off", "read", "write"),
+    ),
     "redact_pii": ("mask emails, phone and card numbers in memory", lambda v: isinstance(v, bool)),
     "retention_days": (
         "delete memory older than this many days (null: keep)",
@@ -170,7 +173,9 @@ async def set_key_limits(
         .values(rpm_limit=_limit(rpm_limit, "rpm_limit"), tpm_limit=_limit(tpm_limit, "tpm_limit"))
     )
     row = (
-        await session.execute(select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed))
+        await session.execute(
+            select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed)
+        )
     ).first()
     if row is None:
         raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
@@ -202,7 +207,9 @@ async def revoke_key(session: AsyncSession, key_id: str) -> KeyInfo:
         .values(revoked_at=datetime.now(UTC))
     )
     row = (
-        await session.execute(select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed))
+        await session.execute(
+            select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed)
+        )
     ).first()
     if row is None:
         raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")

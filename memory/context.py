@@ -34,7 +34,9 @@ class Injected:
     tokens: int
 
 
-def choose(hits: Sequence[Hit], summary: Hit | None, *, max_tokens: int, max_items: int) -> Injected:
+def choose(
+    hits: Sequence[Hit], summary: Hit | None, *, max_tokens: int, max_items: int
+) -> Injected:
     budget = max_tokens - count_text(_HEADER, "gpt-4o") - 8
     chosen: list[Hit] = []
     if summary is not None and summary.token_count + _ITEM_OVERHEAD <= budget // 2:
@@ -51,7 +53,9 @@ def choose(hits: Sequence[Hit], summary: Hit | None, *, max_tokens: int, max_ite
     if not chosen and summary is None:
         return Injected(None, [], None, 0)
     content = render(chosen, summary)
-    return Injected({"role": "system", "content": content}, chosen, summary, count_text(content, "gpt-4o"))
+    return Injected(
+        {"role": "system", "content": content}, chosen, summary, count_text(content, "gpt-4o")
+    )
 
 
 def render(items: Sequence[Hit], summary: Hit | None) -> str:
@@ -75,15 +79,17 @@ def inject(messages: Sequence[Any], memory: dict[str, Any] | None) -> list[Any]:
     if memory is None:
         return list(messages)
     at = 0
-    while at < len(messages) and isinstance(messages[at], dict) and messages[at].get("role") in _LEADING:
+    while (
+        at < len(messages)
+        and isinstance(messages[at], dict)
+        and messages[at].get("role") in _LEADING
+    ):
         at += 1
     return [*messages[:at], memory, *messages[at:]]
 
 
-def fit_window(
-    messages: list[Any], model: str, window: int, reserve: int
-) -> tuple[list[Any], int]:
-    """Drop the oldest middle turns until the prompt + ``reserve`` fits; returns (messages, dropped).
+def fit_window(messages: list[Any], model: str, window: int, reserve: int) -> tuple[list[Any], int]:
+    """Drop the oldest middle turns until prompt + ``reserve`` fits: (messages, dropped).
 
     Leading system/developer messages (and the memory message among them) and the latest user
     turn onward are always kept.
@@ -94,7 +100,11 @@ def fit_window(
     if total <= window:
         return messages, 0
     head = 0
-    while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in _LEADING:
+    while (
+        head < len(messages)
+        and isinstance(messages[head], dict)
+        and messages[head].get("role") in _LEADING
+    ):
         head += 1
     last_user = max(
         (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),

@@ -68,7 +68,11 @@ async def forget_items(
 
 
 async def forget_where(
-    session: AsyncSession, workspace_id: str, *, thread_id: str | None = None, end_user: str | None = None
+    session: AsyncSession,
+    workspace_id: str,
+    *,
+    thread_id: str | None = None,
+    end_user: str | None = None,
 ) -> int:
     """Every item of a thread or of an end user, and the thread rows themselves."""
     ws = uuid.UUID(workspace_id)
@@ -86,13 +90,17 @@ async def forget_where(
     ).all()
     deleted = await forget_items(session, workspace_id, list(ids))
     await session.execute(
-        text(f"DELETE FROM threads WHERE workspace_id = :ws AND {where.replace('thread_id', 'id')}"),
+        text(
+            f"DELETE FROM threads WHERE workspace_id = :ws AND {where.replace('thread_id', 'id')}"
+        ),
         {"ws": ws, "value": value},
     )
     return deleted
 
 
-def forget(session: Session, workspace_id: str | uuid.UUID, where_sql: str, params_: dict[str, Any]) -> int:
+def forget(
+    session: Session, workspace_id: str | uuid.UUID, where_sql: str, params_: dict[str, Any]
+) -> int:
     """Sync variant for workers: delete the workspace's items matching ``where_sql``."""
     ws = uuid.UUID(str(workspace_id))
     ids = session.scalars(

@@ -19,8 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import context, store
-from memory.recall import DocCounts, Filters, Hit, search as hybrid_search
 from memory.embedder import Embedder
+from memory.recall import DocCounts, Filters, Hit
+from memory.recall import search as hybrid_search
 from memory.redact import redact
 from memory.schema import MemoryItem
 
@@ -137,7 +138,9 @@ class Memory:
             hits, summary, max_tokens=self.knobs.max_tokens, max_items=self.knobs.max_items
         )
         timings["recall"] = time.perf_counter() - started
-        return Recalled(context.inject(trimmed, injected.message), injected, dropped, next_position, timings)
+        return Recalled(
+            context.inject(trimmed, injected.message), injected, dropped, next_position, timings
+        )
 
     async def remember(
         self,

@@ -102,7 +102,9 @@ fast = "mock/gpt"
     return path
 
 
-def gateway_env(services: Services, mock: MockUpstream, providers: Path, **extra: str) -> dict[str, str]:
+def gateway_env(
+    services: Services, mock: MockUpstream, providers: Path, **extra: str
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -182,7 +184,10 @@ def providers(tmp_path_factory: pytest.TempPathFactory, mock: MockUpstream) -> P
 
 @pytest.fixture(scope="session")
 def gateway(
-    services: Services, mock: MockUpstream, providers: Path, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    mock: MockUpstream,
+    providers: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     env = gateway_env(services, mock, providers)
     settings = Settings.from_env(env)
@@ -195,7 +200,9 @@ def gateway(
 
 
 @pytest.fixture(scope="session")
-def worker(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    gateway: Gateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real RQ worker process (all queues) beside the session gateway."""
     log = (tmp_path_factory.mktemp("logs") / "worker.log").open("wb")
     metrics_port = embedded.free_port()

@@ -18,7 +18,9 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
 
 
 def test_settings_parse_types_from_the_environment() -> None:
-    settings = Settings.from_env({"CMG_PORT": "9001", "CMG_RETRY_BASE_DELAY": "0.5", "CMG_DATA_DIR": "/x"})
+    settings = Settings.from_env(
+        {"CMG_PORT": "9001", "CMG_RETRY_BASE_DELAY": "0.5", "CMG_DATA_DIR": "/x"}
+    )
     assert settings.port == 9001 and settings.retry_base_delay == 0.5
     assert settings.data_dir == Path("/x")
     assert Settings.from_env({}).port == 8080

@@ -97,8 +97,9 @@ def test_unchanged_request_body_is_forwarded_byte_for_byte(
     gateway: Gateway, tenant: Tenant, mock: MockUpstream, unique: str
 ) -> None:
     body = (
-        '{ "model" : "mock/gpt",  "messages":[{"role":"user","content":"bytes \\u00e9 %s"}],'
-        ' "x_vendor": {"deep": [1, 2.50, null]} }' % unique
+        '{ "model" : "mock/gpt",  "messages":[{"role":"user","content":"bytes \\u00e9 '
+        + unique
+        + '"}], "x_vendor": {"deep": [1, 2.50, null]} }'
     ).encode()
     r = httpx.post(
         gateway.url + "/v1/chat/completions",
@@ -113,7 +114,7 @@ def test_unchanged_request_body_is_forwarded_byte_for_byte(
 def test_gateway_sends_its_own_key_never_the_clients(
     client: openai.OpenAI, tenant: Tenant, mock: MockUpstream, unique: str
 ) -> None:
-    client.chat.completions.create(model=f"mock/gpt", messages=[{"role": "user", "content": unique}])
+    client.chat.completions.create(model="mock/gpt", messages=[{"role": "user", "content": unique}])
     seen = mock.wait_for(lambda rec: unique.encode() in rec.body)
     assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert tenant.key not in json.dumps(seen.headers)
@@ -165,7 +166,9 @@ def test_upstream_rejecting_gateway_credentials_is_a_502_not_a_401(
     assert info.value.code == "upstream_auth"  # type: ignore[attr-defined]
 
 
-def test_4xx_is_relayed_without_retry(client: openai.OpenAI, mock: MockUpstream, unique: str) -> None:
+def test_4xx_is_relayed_without_retry(
+    client: openai.OpenAI, mock: MockUpstream, unique: str
+) -> None:
     from tests.mock_upstream import Reply
 
     mock.script(unique, Reply.error(400, {"error": {"message": "bad temperature", "code": 7}}))

@@ -13,7 +13,9 @@ from tests.mock_upstream import MockUpstream, Reply
 USER = [{"role": "user", "content": "hello gateway"}]
 
 
-def test_5xx_is_retried_then_succeeds(client: openai.OpenAI, mock: MockUpstream, unique: str) -> None:
+def test_5xx_is_retried_then_succeeds(
+    client: openai.OpenAI, mock: MockUpstream, unique: str
+) -> None:
     mock.script(unique, Reply.error(502))
     completion = client.chat.completions.create(model=f"alt/{unique}", messages=USER)
     assert completion.choices[0].message.content == "echo: hello gateway"
@@ -63,7 +65,9 @@ def test_connect_failure_without_fallback_is_502(client: openai.OpenAI) -> None:
     assert info.value.code == "upstream_unreachable"  # type: ignore[attr-defined]
 
 
-def test_closed_connection_is_retried(client: openai.OpenAI, mock: MockUpstream, unique: str) -> None:
+def test_closed_connection_is_retried(
+    client: openai.OpenAI, mock: MockUpstream, unique: str
+) -> None:
     mock.script(unique, Reply.close_connection())
     completion = client.chat.completions.create(model=f"alt/{unique}", messages=USER)
     assert completion.choices[0].message.content == "echo: hello gateway"
@@ -123,9 +127,7 @@ def test_client_disconnect_cancels_the_upstream_stream(
 ) -> None:
     mock.script(unique, Reply.slow_stream(200, 0.05))
     with gateway.client(tenant.key) as client:
-        stream = client.chat.completions.create(
-            model=f"alt/{unique}", messages=USER, stream=True
-        )
+        stream = client.chat.completions.create(model=f"alt/{unique}", messages=USER, stream=True)
         iterator = iter(stream)
         next(iterator)
         next(iterator)

@@ -89,7 +89,10 @@ def _post(client: httpx.Client, key: str, thread: str, memory: str = "on") -> ht
 def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing(
     own_pg: Stack, mock: MockUpstream, providers: Path, tmp_path: Path
 ) -> None:
-    gw = Gateway(gateway_env(own_pg.services, mock, providers, CMG_AUTH_CACHE_SECONDS="30"), tmp_path / "gw.log")
+    gw = Gateway(
+        gateway_env(own_pg.services, mock, providers, CMG_AUTH_CACHE_SECONDS="30"),
+        tmp_path / "gw.log",
+    )
     prefix = f"pgr-{uuid.uuid4().hex[:6]}-"
     outcomes: list[tuple[str, int, Any]] = []
     stop = threading.Event()
@@ -125,7 +128,9 @@ def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing
         stop.set()
         gw.stop()
     statuses = [status for _, status, _ in outcomes]
-    assert statuses and set(statuses) <= {200, 503}, [o for o in outcomes if o[1] not in (200, 503)][:3]
+    assert statuses and set(statuses) <= {200, 503}, [
+        o for o in outcomes if o[1] not in (200, 503)
+    ][:3]
     assert 503 in statuses  # the outage was really seen ...
     assert statuses[-1] == 200  # ... and the gateway recovered by itself
     for _, status, body in outcomes:
@@ -164,7 +169,9 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
 ) -> None:
     redis = embedded.start_redis(tmp_path / "redis")
     port = redis.port
-    env = gateway_env(services, mock, providers, REDIS_URL=redis.url, CMG_OUTBOX_INTERVAL_SECONDS="0.5")
+    env = gateway_env(
+        services, mock, providers, REDIS_URL=redis.url, CMG_OUTBOX_INTERVAL_SECONDS="0.5"
+    )
     gw = Gateway(env, tmp_path / "gw.log")
     prefix = f"rd-{uuid.uuid4().hex[:6]}-"
     from tests.conftest import make_tenant
@@ -177,7 +184,9 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
             for i in range(5):
                 response = _post(client, tenant.key, f"{prefix}{i}")
                 assert response.status_code == 200, response.text
-        assert _count_messages(services.database_url, prefix) == {f"{prefix}{i}": 2 for i in range(5)}
+        assert _count_messages(services.database_url, prefix) == {
+            f"{prefix}{i}": 2 for i in range(5)
+        }
         redis = embedded.start_redis(tmp_path / "redis", port=port)
         worker = subprocess.Popen(
             [sys.executable, "-m", "gateway", "worker"], env=env, cwd=ROOT,
@@ -188,13 +197,18 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
         async def unembedded(session: Any) -> int:
             return int(
                 await session.scalar(
-                    text("SELECT count(*) FROM memory_items WHERE thread_id LIKE :p AND embedding IS NULL"),
+                    text(
+                        "SELECT count(*) FROM memory_items "
+                        "WHERE thread_id LIKE :p AND embedding IS NULL"
+                    ),
                     {"p": prefix + "%"},
                 )
             )
 
         while _db(services.database_url, unembedded):
-            assert time.monotonic() < deadline, "turns stored while Redis was down were never embedded"
+            assert time.monotonic() < deadline, (
+                "turns stored while Redis was down were never embedded"
+            )
             time.sleep(0.3)
     finally:
         if worker is not None:

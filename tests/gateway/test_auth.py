@@ -32,7 +32,9 @@ def admin(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Re
 def test_missing_or_invalid_key_is_401(
     http: httpx.Client, headers: dict[str, str], code: str
 ) -> None:
-    response = http.post("/v1/chat/completions", json={"model": "mock/gpt", "messages": USER}, headers=headers)
+    response = http.post(
+        "/v1/chat/completions", json={"model": "mock/gpt", "messages": USER}, headers=headers
+    )
     assert assert_error_shape(response, 401)["code"] == code
     assert_error_shape(http.get("/v1/models", headers=headers), 401)
 
@@ -85,7 +87,9 @@ def test_expired_key_gets_401(gateway: Gateway, services: Services) -> None:
     assert info.value.code == "expired_api_key"  # type: ignore[attr-defined]
 
 
-def test_admin_api_creates_workspace_and_key_that_works(http: httpx.Client, gateway: Gateway) -> None:
+def test_admin_api_creates_workspace_and_key_that_works(
+    http: httpx.Client, gateway: Gateway
+) -> None:
     name = f"admin-{time.time_ns()}"
     assert admin(http, "POST", "/admin/workspaces", json={"name": name}).status_code == 201
     assert_error_shape(admin(http, "POST", "/admin/workspaces", json={"name": name}), 400)
@@ -103,7 +107,9 @@ def test_admin_api_rejects_workspace_keys_and_bad_input(http: httpx.Client, tena
     response = http.get("/admin/keys", headers={"Authorization": f"Bearer {tenant.key}"})
     assert_error_shape(response, 401)
     assert_error_shape(http.get("/admin/keys"), 401)
-    assert_error_shape(admin(http, "POST", "/admin/keys", json={"workspace": "nope-" + tenant.name}), 404)
+    assert_error_shape(
+        admin(http, "POST", "/admin/keys", json={"workspace": "nope-" + tenant.name}), 404
+    )
     assert_error_shape(admin(http, "POST", "/admin/keys", json={"workspace": 3}), 400)
     assert_error_shape(
         admin(http, "POST", "/admin/keys", json={"workspace": tenant.name, "expires_in_days": "x"}),

@@ -38,7 +38,9 @@ def test_workspace_and_key_lifecycle_through_the_cli(gateway: Gateway) -> None:
     assert record["key"] not in listed.stdout
 
     with gateway.client(record["key"]) as client:
-        client.chat.completions.create(model="mock/gpt", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="mock/gpt", messages=[{"role": "user", "content": "x"}]
+        )
 
     assert cmg(gateway, "key", "revoke", record["id"]).returncode == 0
     plain = cmg(gateway, "key", "list", "--workspace", name)

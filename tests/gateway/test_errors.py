@@ -40,21 +40,50 @@ def post(http: httpx.Client, key: str, content: bytes) -> httpx.Response:
         (b"", None, "invalid_json"),
         (b'["a list"]', None, "invalid_json"),
         (b'"a string"', None, "invalid_json"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}', None, "invalid_json"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+            None,
+            "invalid_json",
+        ),
         (b'{"messages": [{"role": "user", "content": "hi"}]}', "model", "missing_model"),
-        (b'{"model": 42, "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_type"),
-        (b'{"model": "", "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_type"),
+        (
+            b'{"model": 42, "messages": [{"role": "user", "content": "hi"}]}',
+            "model",
+            "invalid_type",
+        ),
+        (
+            b'{"model": "", "messages": [{"role": "user", "content": "hi"}]}',
+            "model",
+            "invalid_type",
+        ),
         (b'{"model": "mock/gpt"}', "messages", "missing_messages"),
         (b'{"model": "mock/gpt", "messages": "hi"}', "messages", "invalid_type"),
         (b'{"model": "mock/gpt", "messages": []}', "messages", "empty_array"),
         (b'{"model": "mock/gpt", "messages": [1]}', "messages[0]", "invalid_type"),
-        (b'{"model": "mock/gpt", "messages": [{"role": "wizard"}]}', "messages[0].role", "invalid_value"),
-        (b'{"model": "mock/gpt", "messages": [{"role": "user", "content": 5}]}', "messages[0].content", "invalid_type"),
-        (b'{"model": "mock/gpt", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}', "stream", "invalid_type"),
+        (
+            b'{"model": "mock/gpt", "messages": [{"role": "wizard"}]}',
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            b'{"model": "mock/gpt", "messages": [{"role": "user", "content": 5}]}',
+            "messages[0].content",
+            "invalid_type",
+        ),
+        (
+            b'{"model": "mock/gpt", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}',  # noqa: E501
+            "stream",
+            "invalid_type",
+        ),
     ],
 )
 def test_bad_chat_body_is_400_and_not_forwarded(
-    http: httpx.Client, tenant: Tenant, mock: MockUpstream, body: bytes, param: str | None, code: str
+    http: httpx.Client,
+    tenant: Tenant,
+    mock: MockUpstream,
+    body: bytes,
+    param: str | None,
+    code: str,
 ) -> None:
     before = len(mock.requests)
     error = assert_error_shape(post(http, tenant.key, body), 400)
@@ -65,7 +94,11 @@ def test_bad_chat_body_is_400_and_not_forwarded(
 
 def test_body_over_the_limit_is_413(http: httpx.Client, tenant: Tenant, mock: MockUpstream) -> None:
     before = len(mock.requests)
-    big = b'{"model": "mock/gpt", "messages": [{"role": "user", "content": "' + b"a" * (9 << 20) + b'"}]}'
+    big = (
+        b'{"model": "mock/gpt", "messages": [{"role": "user", "content": "'
+        + b"a" * (9 << 20)
+        + b'"}]}'
+    )
     error = assert_error_shape(post(http, tenant.key, big), 413)
     assert error["code"] == "body_too_large"
     assert len(mock.requests) == before

@@ -29,7 +29,10 @@ def admin(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Re
 
 @pytest.fixture(scope="module")
 def second_gateway(
-    services: Services, mock: MockUpstream, providers: Path, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    mock: MockUpstream,
+    providers: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     gw = Gateway(gateway_env(services, mock, providers), tmp_path_factory.mktemp("gw2") / "gw.log")
     try:
@@ -41,7 +44,10 @@ def second_gateway(
 def test_rpm_limit_is_shared_by_two_replicas_with_openai_headers(
     gateway: Gateway, second_gateway: Gateway, http: httpx.Client, tenant: Tenant
 ) -> None:
-    assert admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 4}).status_code == 200
+    assert (
+        admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 4}).status_code
+        == 200
+    )
     replicas = [gateway, second_gateway]
     seen = []
     for i in range(4):
@@ -100,7 +106,9 @@ def test_limiter_fails_open_when_redis_is_down(
             redis.stop()
             with gw.client(tenant.key) as client:
                 for _ in range(3):  # over the limit, but the limiter cannot be asked
-                    client.chat.completions.create(model="mock/gpt", messages=USER, extra_headers=OFF)
+                    client.chat.completions.create(
+                        model="mock/gpt", messages=USER, extra_headers=OFF
+                    )
             text = http.get("/metrics").text
         assert _sample(text, "cmg_ratelimit_fail_open_total") >= 3
     finally:
@@ -132,7 +140,17 @@ def test_metrics_series_after_traffic(
         "cmg_memory_recall_duration_seconds", "cmg_auth_failures", "cmg_cost_usd",
     ):  # fmt: skip
         assert name in families, name
-    assert _sample(text, "cmg_requests_total", route="chat", status="200", model="mock/gpt", provider="openrouter") >= 2
+    assert (
+        _sample(
+            text,
+            "cmg_requests_total",
+            route="chat",
+            status="200",
+            model="mock/gpt",
+            provider="openrouter",
+        )
+        >= 2
+    )
     assert _sample(text, "cmg_tokens_total", model="mock/gpt", direction="completion") > 0
     assert _sample(text, "cmg_auth_failures_total", code="invalid_api_key") >= 1
 
@@ -146,7 +164,9 @@ def test_usage_is_accounted_in_tokens_and_dollars(
     deadline = time.monotonic() + 10
     while True:
         data = http.get(
-            "/v1/usage", params={"group_by": "model"}, headers={"Authorization": f"Bearer {tenant.key}"}
+            "/v1/usage",
+            params={"group_by": "model"},
+            headers={"Authorization": f"Bearer {tenant.key}"},
         ).json()["data"]
         if data and data[0]["requests"] == 3:
             break
@@ -156,14 +176,21 @@ def test_usage_is_accounted_in_tokens_and_dollars(
     assert row["model"] == "mock/gpt" and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
     expected = row["prompt_tokens"] * 0.000001 + row["completion_tokens"] * 0.000002
     assert row["cost_usd"] == pytest.approx(expected, rel=1e-6)
-    by_key = admin(http, "GET", "/admin/usage", params={"workspace": tenant.name, "group_by": "key"}).json()
+    by_key = admin(
+        http, "GET", "/admin/usage", params={"workspace": tenant.name, "group_by": "key"}
+    ).json()
     assert by_key["data"][0]["key"] == tenant.key_id and by_key["data"][0]["requests"] == 3
 
 
 def test_monthly_budget_gives_insufficient_quota(
     gateway: Gateway, http: httpx.Client, tenant: Tenant
 ) -> None:
-    admin(http, "PATCH", f"/admin/workspaces/{tenant.name}", json={"settings": {"monthly_budget_usd": 0.000001}})
+    admin(
+        http,
+        "PATCH",
+        f"/admin/workspaces/{tenant.name}",
+        json={"settings": {"monthly_budget_usd": 0.000001}},
+    )
     with gateway.client(tenant.key) as client:
         client.chat.completions.create(model="mock/gpt", messages=USER, extra_headers=OFF)
         with pytest.raises(openai.RateLimitError) as info:
@@ -172,9 +199,7 @@ def test_monthly_budget_gives_insufficient_quota(
     assert info.value.body["type"] == "insufficient_quota"  # type: ignore[index]
 
 
-def test_log_lines_are_json_without_secrets_or_content(
-    gateway: Gateway, tenant: Tenant
-) -> None:
+def test_log_lines_are_json_without_secrets_or_content(gateway: Gateway, tenant: Tenant) -> None:
     secret_text = f"my private words {uuid.uuid4().hex}"
     request_id = f"log-{uuid.uuid4().hex}"
     with gateway.client(tenant.key) as client:
@@ -185,7 +210,11 @@ def test_log_lines_are_json_without_secrets_or_content(
     deadline = time.monotonic() + 5
     while request_id not in gateway.log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    lines = [orjson.loads(line) for line in gateway.log_path.read_text().splitlines() if line.startswith("{")]
+    lines = [
+        orjson.loads(line)
+        for line in gateway.log_path.read_text().splitlines()
+        if line.startswith("{")
+    ]
     mine = [line for line in lines if line.get("request_id") == request_id]
     assert len(mine) == 1
     entry = mine[0]
@@ -198,7 +227,9 @@ def test_log_lines_are_json_without_secrets_or_content(
 
 
 def test_detailed_health_needs_the_master_key(http: httpx.Client, tenant: Tenant) -> None:
-    assert_error_shape(http.get("/admin/health", headers={"Authorization": f"Bearer {tenant.key}"}), 401)
+    assert_error_shape(
+        http.get("/admin/health", headers={"Authorization": f"Bearer {tenant.key}"}), 401
+    )
     body = admin(http, "GET", "/admin/health").json()
     assert body["status"] == "ready"
     assert set(body["checks"]) == {"database", "redis", "embedder"}

@@ -32,7 +32,10 @@ class Edge:
 
 @pytest.fixture(scope="module")
 def fleet(
-    services: Services, mock: MockUpstream, providers: Path, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    mock: MockUpstream,
+    providers: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[Gateway]]:
     env = gateway_env(services, mock, providers)
     logs = tmp_path_factory.mktemp("fleet")
@@ -46,7 +49,10 @@ def fleet(
 
 @pytest.fixture(scope="module")
 def edge(
-    tools: Tools, nginx_render: ModuleType, fleet: list[Gateway], tmp_path_factory: pytest.TempPathFactory
+    tools: Tools,
+    nginx_render: ModuleType,
+    fleet: list[Gateway],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Edge]:
     prefix = tmp_path_factory.mktemp("edge") / "nginx"
     (prefix / "conf.d").mkdir(parents=True)
@@ -105,7 +111,7 @@ def test_stream_arrives_through_nginx_incrementally(
             extra_headers={"X-Memory": "off"},
         )  # fmt: skip
         arrivals = []
-        for chunk in stream:
+        for _chunk in stream:
             arrivals.append(time.monotonic())
             if len(arrivals) == 1:
                 assert not mock.requests_for(unique)[0].completed  # nginx did not buffer
@@ -114,7 +120,11 @@ def test_stream_arrives_through_nginx_incrementally(
 
 
 def test_edge_rejects_large_bodies_and_hides_metrics(edge: Edge, tenant: Tenant) -> None:
-    big = b'{"model": "mock/gpt", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}'
+    big = (
+        b'{"model": "mock/gpt", "messages": [{"role": "user", "content": "'
+        + b"a" * (2 << 20)
+        + b'"}]}'
+    )
     response = httpx.post(
         edge.url + "/v1/chat/completions", content=big,
         headers={"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/json"},
@@ -127,7 +137,9 @@ def test_edge_rejects_large_bodies_and_hides_metrics(edge: Edge, tenant: Tenant)
     assert len(generated) == 32
 
 
-def test_requests_survive_a_killed_replica(edge: Edge, fleet: list[Gateway], tenant: Tenant) -> None:
+def test_requests_survive_a_killed_replica(
+    edge: Edge, fleet: list[Gateway], tenant: Tenant
+) -> None:
     """Last in this module: it kills a replica of the module's fleet."""
     with openai.OpenAI(base_url=edge.url + "/v1", api_key=tenant.key, max_retries=0) as client:
         fleet[0].proc.send_signal(signal.SIGKILL)

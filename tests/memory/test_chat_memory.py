@@ -20,12 +20,16 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 def thread_view(http: httpx.Client, key: str, thread_id: str) -> dict[str, Any]:
-    response = http.get(f"/v1/memory/threads/{thread_id}", headers={"Authorization": f"Bearer {key}"})
+    response = http.get(
+        f"/v1/memory/threads/{thread_id}", headers={"Authorization": f"Bearer {key}"}
+    )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
-def wait_embedded(http: httpx.Client, key: str, thread_id: str, count: int, timeout: float = 30) -> dict[str, Any]:
+def wait_embedded(
+    http: httpx.Client, key: str, thread_id: str, count: int, timeout: float = 30
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         view = thread_view(http, key, thread_id)
@@ -78,10 +82,17 @@ def test_streamed_answer_and_tool_calls_are_captured(
         model="mock/gpt", messages=[{"role": "user", "content": "stream me"}], stream=True,
         extra_headers={"X-Thread-Id": thread},
     )  # fmt: skip
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: stream me"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: stream me"
+    )
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     list(client.chat.completions.create(
-        model="mock/tool", messages=[{"role": "user", "content": "stream me"}, {"role": "assistant", "content": "echo: stream me"}, {"role": "user", "content": "use the tool"}],
+        model="mock/tool",
+        messages=[
+            {"role": "user", "content": "stream me"},
+            {"role": "assistant", "content": "echo: stream me"},
+            {"role": "user", "content": "use the tool"},
+        ],
         tools=tools, stream=True, extra_headers={"X-Thread-Id": thread},
     ))  # fmt: skip
     view = thread_view(http, tenant.key, thread)
@@ -94,13 +105,26 @@ def test_streamed_answer_and_tool_calls_are_captured(
 def test_plain_clients_get_a_stable_thread_from_the_fingerprint(
     client: openai.OpenAI, http: httpx.Client, tenant: Tenant
 ) -> None:
-    first = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"hello {uuid.uuid4()}"}]
+    first = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": f"hello {uuid.uuid4()}"},
+    ]
     one = chat(client, "", messages=first)
     thread = one.headers["x-memory-thread"]
     assert thread.startswith("fp_")
-    two = chat(client, "", messages=[*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}])
+    two = chat(
+        client,
+        "",
+        messages=[
+            *first,
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "more"},
+        ],
+    )
     assert two.headers["x-memory-thread"] == thread
-    assert [m["content"] for m in thread_view(http, tenant.key, thread)["messages"]][-1] == "echo: more"
+    assert [m["content"] for m in thread_view(http, tenant.key, thread)["messages"]][
+        -1
+    ] == "echo: more"
 
 
 def test_fact_from_one_thread_is_recalled_in_another(
@@ -112,7 +136,10 @@ def test_fact_from_one_thread_is_recalled_in_another(
     wait_embedded(http, tenant.key, old, 2)
     raw = chat(
         client, f"What is my cat called? ({marker})", f"t-{marker}-new",
-        messages=[{"role": "system", "content": "You are kind."}, {"role": "user", "content": f"What is my cat called? ({marker})"}],
+        messages=[
+            {"role": "system", "content": "You are kind."},
+            {"role": "user", "content": f"What is my cat called? ({marker})"},
+        ],
     )  # fmt: skip
     systems = sent_system_messages(mock, f"({marker})")
     assert systems[0]["content"] == "You are kind."  # the client's own system message stays first
@@ -134,12 +161,17 @@ def test_recall_never_crosses_end_users(
     chat(client, f"What does my passport number end in? {marker}", f"b-{marker}", user="bob")
     systems = sent_system_messages(mock, marker)
     assert not any("Zanzibar" in m["content"] for m in systems)
-    chat(client, f"What does my passport number end in? again {marker}", f"c-{marker}", user="alice")
+    chat(
+        client, f"What does my passport number end in? again {marker}", f"c-{marker}", user="alice"
+    )
     systems = sent_system_messages(mock, f"again {marker}")
     assert any("Zanzibar" in m["content"] for m in systems)
 
 
-@pytest.mark.parametrize(("mode", "stored", "injected"), [("off", False, False), ("read", False, True), ("write", True, False)])
+@pytest.mark.parametrize(
+    ("mode", "stored", "injected"),
+    [("off", False, False), ("read", False, True), ("write", True, False)],
+)
 def test_memory_modes(
     client: openai.OpenAI, http: httpx.Client, tenant: Tenant, mock: MockUpstream,
     mode: str, stored: bool, injected: bool,
@@ -148,10 +180,14 @@ def test_memory_modes(
     chat(client, "The launch code word is Marmalade.", f"seed-{marker}")
     wait_embedded(http, tenant.key, f"seed-{marker}", 2)
     thread = f"m-{marker}"
-    raw = chat(client, f"What is the launch code word? {marker}", thread, headers={"X-Memory": mode})
+    raw = chat(
+        client, f"What is the launch code word? {marker}", thread, headers={"X-Memory": mode}
+    )
     systems = sent_system_messages(mock, marker)
     assert any("Marmalade" in m["content"] for m in systems) is injected
-    found = http.get(f"/v1/memory/threads/{thread}", headers={"Authorization": f"Bearer {tenant.key}"})
+    found = http.get(
+        f"/v1/memory/threads/{thread}", headers={"Authorization": f"Bearer {tenant.key}"}
+    )
     assert (found.status_code == 200) is stored
     assert ("x-memory-items" in raw.headers) is injected
 
@@ -174,7 +210,10 @@ def test_long_history_is_trimmed_to_the_context_window(
         history.append({"role": "assistant", "content": "ok " * 20})
     history.append({"role": "user", "content": f"final question {marker}"})
     raw = client.chat.completions.with_raw_response.create(
-        model="mock/small", messages=history, max_tokens=200, extra_headers={"X-Thread-Id": f"w-{marker}"}
+        model="mock/small",
+        messages=history,
+        max_tokens=200,
+        extra_headers={"X-Thread-Id": f"w-{marker}"},
     )  # mock/small has a 2,048-token context window in the catalog
     sent = mock.wait_for(lambda r: marker.encode() in r.body).json["messages"]
     assert int(raw.headers["x-memory-context-trimmed"]) > 0
@@ -212,7 +251,9 @@ def test_another_workspaces_memory_is_never_injected_nor_its_record_shown(
     intruder = make_tenant(services)
     with gateway.client(intruder.key) as other:
         chat(other, f"What is the wifi password? other {marker}")
-    assert not any("Tangerine" in m["content"] for m in sent_system_messages(mock, f"other {marker}"))
+    assert not any(
+        "Tangerine" in m["content"] for m in sent_system_messages(mock, f"other {marker}")
+    )
     leaked = http.get(
         f"/v1/memory/requests/{raw.headers['x-request-id']}",
         headers={"Authorization": f"Bearer {intruder.key}"},
@@ -226,10 +267,14 @@ def test_workspace_settings_set_default_mode_and_pii_redaction(
     from tests.conftest import MASTER_KEY
 
     admin = {"Authorization": f"Bearer {MASTER_KEY}"}
-    bad = http.patch(f"/admin/workspaces/{tenant.name}", json={"settings": {"memory": "maybe"}}, headers=admin)
+    bad = http.patch(
+        f"/admin/workspaces/{tenant.name}", json={"settings": {"memory": "maybe"}}, headers=admin
+    )
     assert bad.status_code == 400
     ok = http.patch(
-        f"/admin/workspaces/{tenant.name}", json={"settings": {"memory": "write", "redact_pii": True}}, headers=admin
+        f"/admin/workspaces/{tenant.name}",
+        json={"settings": {"memory": "write", "redact_pii": True}},
+        headers=admin,
     )
     assert ok.json()["settings"] == {"memory": "write", "redact_pii": True}
     thread = f"pii-{uuid.uuid4().hex[:6]}"

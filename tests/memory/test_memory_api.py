@@ -14,7 +14,9 @@ from tests.gateway.test_errors import assert_error_shape
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def api(http: httpx.Client, tenant: Tenant, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def api(
+    http: httpx.Client, tenant: Tenant, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
     return http.request(method, path, headers={"Authorization": f"Bearer {tenant.key}"}, **kwargs)
 
 
@@ -105,7 +107,9 @@ def test_threads_list_paginates_with_cursor(http: httpx.Client, tenant: Tenant) 
     seen = [t["id"] for t in first["data"]]
     cursor = first["last_id"]
     while True:
-        page = api(http, tenant, "GET", "/v1/memory/threads", params={"limit": 2, "after": cursor}).json()
+        page = api(
+            http, tenant, "GET", "/v1/memory/threads", params={"limit": 2, "after": cursor}
+        ).json()
         seen += [t["id"] for t in page["data"]]
         if not page["has_more"]:
             break
@@ -131,8 +135,12 @@ def test_bad_items_are_400(http: httpx.Client, tenant: Tenant, body: Any, param:
 
 def test_search_needs_a_query(http: httpx.Client, tenant: Tenant) -> None:
     assert assert_error_shape(api(http, tenant, "GET", "/v1/memory/search"), 400)["param"] == "q"
-    assert_error_shape(api(http, tenant, "GET", "/v1/memory/search", params={"q": "x", "k": "0"}), 400)
-    assert_error_shape(api(http, tenant, "GET", "/v1/memory/search", params={"q": "x", "mode": "magic"}), 400)
+    assert_error_shape(
+        api(http, tenant, "GET", "/v1/memory/search", params={"q": "x", "k": "0"}), 400
+    )
+    assert_error_shape(
+        api(http, tenant, "GET", "/v1/memory/search", params={"q": "x", "mode": "magic"}), 400
+    )
 
 
 def test_another_workspace_can_never_read_search_or_delete(
@@ -140,7 +148,9 @@ def test_another_workspace_can_never_read_search_or_delete(
 ) -> None:
     thread = f"secret-{uuid.uuid4().hex[:6]}"
     [item_id] = add(
-        http, tenant, {"content": "Project Nightjar ships on May 3rd.", "thread_id": thread, "user": "ceo"}
+        http,
+        tenant,
+        {"content": "Project Nightjar ships on May 3rd.", "thread_id": thread, "user": "ceo"},
     )
     intruder = make_tenant(services)
     assert search(http, intruder, "Project Nightjar ships") == []

@@ -21,7 +21,9 @@ def upgrade() -> None:
         sa.Column("id", UUID, primary_key=True),
         sa.Column("name", sa.String(200), nullable=False, unique=True),
         sa.Column("settings", JSONB, nullable=False, server_default="{}"),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
     )
     op.create_table(
         "api_keys",
@@ -36,7 +38,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(200), nullable=False, server_default=""),
         sa.Column("prefix", sa.String(16), nullable=False),
         sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     )
@@ -49,7 +53,9 @@ def upgrade() -> None:
         sa.Column("prompt_price", sa.Numeric(20, 12), nullable=True),
         sa.Column("completion_price", sa.Numeric(20, 12), nullable=True),
         sa.Column("data", JSONB, nullable=False, server_default="{}"),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
     )
 
 

@@ -21,7 +21,12 @@ def upgrade() -> None:
     dim = int(context.config.attributes.get("embedding_dim", 384))
     op.create_table(
         "threads",
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(
+            "workspace_id",
+            UUID,
+            sa.ForeignKey("workspaces.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("id", sa.Text, primary_key=True),
         sa.Column("end_user", sa.Text, nullable=True),
         sa.Column("next_position", sa.Integer, nullable=False, server_default="0"),
@@ -35,7 +40,9 @@ def upgrade() -> None:
     op.create_table(
         "memory_items",
         sa.Column("id", UUID, primary_key=True, server_default=sa.text("gen_random_uuid()")),
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("thread_id", sa.Text, nullable=True),
         sa.Column("end_user", sa.Text, nullable=True),
         sa.Column("kind", sa.Text, nullable=False),
@@ -62,7 +69,9 @@ def upgrade() -> None:
         "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
     )
     op.execute("CREATE INDEX memory_items_tsv ON memory_items USING gin (tsv)")
-    op.create_index("memory_items_thread", "memory_items", ["workspace_id", "thread_id", "created_at"])
+    op.create_index(
+        "memory_items_thread", "memory_items", ["workspace_id", "thread_id", "created_at"]
+    )
     op.create_index("memory_items_user", "memory_items", ["workspace_id", "end_user", "created_at"])
     op.create_index(
         "memory_items_position",
@@ -79,14 +88,21 @@ def upgrade() -> None:
     )
     op.create_table(
         "term_stats",
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(
+            "workspace_id",
+            UUID,
+            sa.ForeignKey("workspaces.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("lexeme", sa.Text, primary_key=True),
         sa.Column("df", sa.Integer, nullable=False),
     )
     op.create_table(
         "injections",
         sa.Column("request_id", sa.Text, primary_key=True),
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("thread_id", sa.Text, nullable=True),
         sa.Column("item_ids", ARRAY(UUID), nullable=False),
         sa.Column("tokens", sa.Integer, nullable=False),

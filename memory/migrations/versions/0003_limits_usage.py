@@ -24,7 +24,9 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
         sa.Column("created_at", TZ, nullable=False),
         sa.Column("request_id", sa.Text, nullable=False),
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("key_id", UUID, nullable=True),
         sa.Column("model", sa.Text, nullable=False),
         sa.Column("provider", sa.Text, nullable=True),
@@ -40,7 +42,12 @@ def upgrade() -> None:
     op.create_table(
         "usage_daily",
         sa.Column("day", sa.Date, primary_key=True),
-        sa.Column("workspace_id", UUID, sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(
+            "workspace_id",
+            UUID,
+            sa.ForeignKey("workspaces.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("key_id", UUID, primary_key=True),
         sa.Column("model", sa.Text, primary_key=True),
         sa.Column("requests", sa.BigInteger, nullable=False),
