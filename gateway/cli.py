@@ -7,7 +7,6 @@ The CLI is an edge: it builds ``Settings`` from the environment and, when ``DATA
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import sys
@@ -36,17 +35,9 @@ def resolve_services(settings: Settings) -> Settings:
 
 def _db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(session)`` in one committed transaction."""
-    from memory.db import async_engine, sessionmaker
+    from memory.db import run_transaction
 
-    async def run() -> T:
-        engine = async_engine(settings.database_url, pool_size=1)
-        try:
-            async with sessionmaker(engine).begin() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_transaction(settings.database_url, work)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:

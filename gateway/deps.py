@@ -21,9 +21,9 @@ from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 from gateway.workspaces import KeyRecord, find_key
 from memory.db import async_engine, sessionmaker
-from memory.embedder import Embedder, build_embedder
 from memory.service import Knobs, Memory
 from memory.tokens import count_text
+from workers.embedding import embedder_for
 from workers.outbox import OutboxRelay
 
 
@@ -56,7 +56,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
     await providers.start()
     relay = OutboxRelay(sessions, settings.redis_url)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-    embedder = await asyncio.to_thread(make_embedder, settings)
+    embedder = await asyncio.to_thread(embedder_for, settings)
     await asyncio.to_thread(count_text, "warm up", "gpt-4o")  # load the encoding before traffic
     knobs = Knobs(
         max_tokens=settings.memory_max_tokens,
@@ -97,15 +97,3 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         await providers.close()
         await deps.redis.aclose()
         await engine.dispose()
-
-
-def make_embedder(settings: Settings) -> Embedder:
-    if settings.embedder == "openai":
-        return build_embedder(
-            "openai",
-            base_url=settings.embeddings_base_url,
-            api_key=settings.embeddings_api_key,
-            model=settings.embeddings_model,
-            dim=settings.embedding_dim,
-        )
-    return build_embedder("local", threads=settings.embedder_threads)

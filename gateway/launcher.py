@@ -7,7 +7,6 @@ processes. Ctrl-C (or SIGTERM) stops everything it started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -18,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import embedded
 from gateway.settings import Settings
@@ -63,29 +64,25 @@ def up(settings: Settings) -> None:
 def _dev_key(settings: Settings, database_url: str) -> str:
     """The dev key: made on first run, kept in a 0600 file in the data dir for later runs."""
     from gateway import workspaces
-    from memory.db import async_engine, sessionmaker
+    from memory.db import run_transaction
 
     path = settings.data_dir / "dev_key"
 
-    async def ensure() -> str:
-        engine = async_engine(database_url, pool_size=1)
-        try:
-            async with sessionmaker(engine).begin() as session:
-                if path.exists():
-                    secret = path.read_text().strip()
-                    record = await workspaces.find_key(session, workspaces.hash_secret(secret))
-                    if record is not None and not record.revoked:
-                        return secret
-                names = {w.name for w in await workspaces.list_workspaces(session)}
-                if "dev" not in names:
-                    await workspaces.create_workspace(session, "dev")
-                secret, _ = await workspaces.create_key(session, "dev", name="dev")
-        finally:
-            await engine.dispose()
-        _write_private(path, secret)
-        return secret
+    async def ensure(session: AsyncSession) -> tuple[str, bool]:
+        if path.exists():
+            secret = path.read_text().strip()
+            record = await workspaces.find_key(session, workspaces.hash_secret(secret))
+            if record is not None and not record.revoked:
+                return secret, False
+        if "dev" not in {w.name for w in await workspaces.list_workspaces(session)}:
+            await workspaces.create_workspace(session, "dev")
+        secret, _ = await workspaces.create_key(session, "dev", name="dev")
+        return secret, True
 
-    return asyncio.run(ensure())
+    secret, new = run_transaction(database_url, ensure)
+    if new:
+        _write_private(path, secret)
+    return secret
 
 
 def _sync_catalog(settings: Settings) -> None:

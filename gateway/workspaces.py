@@ -172,15 +172,7 @@ async def set_key_limits(
         .where(ApiKey.id == parsed)
         .values(rpm_limit=_limit(rpm_limit, "rpm_limit"), tpm_limit=_limit(tpm_limit, "tpm_limit"))
     )
-    row = (
-        await session.execute(
-            select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
-    key, ws_name = row
-    return _info(key, ws_name)
+    return await _key_info(session, parsed)
 
 
 def _limit(value: Any, name: str) -> int | None:
@@ -206,15 +198,7 @@ async def revoke_key(session: AsyncSession, key_id: str) -> KeyInfo:
         .where(ApiKey.id == parsed, ApiKey.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
-    row = (
-        await session.execute(
-            select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == parsed)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"no key with id {key_id!r}", param="id", code="not_found")
-    key, ws_name = row
-    return _info(key, ws_name)
+    return await _key_info(session, parsed)
 
 
 @dataclass(frozen=True)
@@ -250,6 +234,18 @@ async def find_key(session: AsyncSession, key_hash: str) -> KeyRecord | None:
         key.rpm_limit,
         key.tpm_limit,
     )
+
+
+async def _key_info(session: AsyncSession, key_id: uuid.UUID) -> KeyInfo:
+    row = (
+        await session.execute(
+            select(ApiKey, Workspace.name).join(Workspace).where(ApiKey.id == key_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no key with id {str(key_id)!r}", param="id", code="not_found")
+    key, ws_name = row
+    return _info(key, ws_name)
 
 
 def _parse_id(key_id: str) -> uuid.UUID:

@@ -6,7 +6,6 @@ crosses real sockets and the real client code; tests drive it with the official 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
@@ -27,7 +26,7 @@ from gateway import embedded, workspaces
 from gateway.cli import sync_catalog
 from gateway.settings import Settings
 from memory import migrate
-from memory.db import async_engine, sessionmaker
+from memory.db import run_transaction
 from tests.mock_upstream import MockUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,15 +228,7 @@ def worker(
 
 
 def run_db(services: Services, work: Any) -> Any:
-    async def run() -> Any:
-        engine = async_engine(services.database_url, pool_size=1)
-        try:
-            async with sessionmaker(engine).begin() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_transaction(services.database_url, work)
 
 
 def make_tenant(services: Services, expires_in_days: float | None = None) -> Tenant:

@@ -4,7 +4,6 @@ stored. Each uses its own PostgreSQL or Redis so the session's stay untouched.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from sqlalchemy import text
 
 from gateway import embedded, workspaces
 from memory import migrate
-from memory.db import async_engine, sessionmaker
+from memory.db import run_transaction
 from tests.conftest import ROOT, Gateway, Services, gateway_env
 from tests.mock_upstream import MockUpstream
 
@@ -37,15 +36,7 @@ class Stack:
 
 
 def _db(url: str, work: Any) -> Any:
-    async def run() -> Any:
-        engine = async_engine(url, pool_size=1)
-        try:
-            async with sessionmaker(engine).begin() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_transaction(url, work)
 
 
 @pytest.fixture
