@@ -85,7 +85,8 @@ def plan(request: Request, caller: Caller, chat: ChatRequest, default_mode: str)
                 code="invalid_value",
             )
     pii = bool(caller.settings.get("redact_pii", False))
-    return Plan(mode, Scope(caller.workspace_id, thread, user, pii))
+    facts = bool(caller.settings.get("facts", False))
+    return Plan(mode, Scope(caller.workspace_id, thread, user, pii, facts))
 
 
 def fingerprint(workspace_id: str, user: str | None, messages: list[Any]) -> str:

@@ -37,6 +37,7 @@ class Scope:
     thread_id: str | None
     end_user: str | None
     pii: bool = False
+    facts: bool = False
 
 
 @dataclass
@@ -111,6 +112,11 @@ async def save_turn(
     stored.updated_at = datetime.now().astimezone()
     if ids:
         record(session, EMBED, "embed_items", item_ids=[str(i) for i in ids])
+        if scope.facts:
+            record(
+                session, SUMMARIZE, "extract_facts",
+                workspace_id=scope.workspace_id, item_ids=[str(i) for i in ids],
+            )  # fmt: skip
     if stored.unsummarized_tokens >= summary_threshold and new_tokens:
         record(
             session, SUMMARIZE, "refresh_summary",

@@ -39,7 +39,7 @@ _WRITE = text(
     """
 )
 # Ordered, so concurrent upserts of shared lexemes lock rows in the same order.
-_COUNT_TERMS = text(
+COUNT_TERMS = text(
     """
     INSERT INTO term_stats (workspace_id, lexeme, df)
     SELECT workspace_id, lexeme, count(*)
@@ -50,7 +50,7 @@ _COUNT_TERMS = text(
     ON CONFLICT (workspace_id, lexeme) DO UPDATE SET df = term_stats.df + EXCLUDED.df
     """
 )
-# The reverse of _WRITE + _COUNT_TERMS, for re-embedding: vectors cleared, lexemes un-counted.
+# The reverse of _WRITE + COUNT_TERMS, for re-embedding: vectors cleared, lexemes un-counted.
 _CLEAR = text(
     """
     WITH cleared AS (
@@ -106,14 +106,14 @@ def _embed_batch(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -
         return 0
     vectors = embedder.embed([document_text(r.role, r.kind, r.content, r.created_at) for r in rows])
     with Session(engine) as session, session.begin():
-        params = {"ids": [r.id for r in rows], "vectors": _as_text(vectors), "model": embedder.name}
+        params = {"ids": [r.id for r in rows], "vectors": as_text(vectors), "model": embedder.name}
         written = list(session.execute(_WRITE, params).scalars())
         if written:
-            session.execute(_COUNT_TERMS, {"ids": written})
+            session.execute(COUNT_TERMS, {"ids": written})
     return len(written)
 
 
-def _as_text(vectors: Vectors) -> list[str]:
+def as_text(vectors: Vectors) -> list[str]:
     """pgvector's text form; 8 significant digits round-trip a float32."""
     return ["[" + ",".join(f"{x:.8g}" for x in row) + "]" for row in np.asarray(vectors).tolist()]
 

@@ -146,6 +146,15 @@ def refresh_summary(workspace_id: str, thread_id: str) -> str | None:
 
 
 @timed_job
+def extract_facts(workspace_id: str, item_ids: list[str]) -> int:
+    """Durable facts about the end user from these new messages (workspaces with ``facts``)."""
+    from workers import facts
+
+    ctx = _ctx()
+    return len(facts.extract(ctx.engine, ctx.embedder, ctx.settings, workspace_id, item_ids))
+
+
+@timed_job
 def sync_catalog() -> int:
     """Refresh the model catalog from every provider's ``/models``."""
     from gateway.providers import config as provider_config
