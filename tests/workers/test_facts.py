@@ -47,7 +47,8 @@ def fact_jobs(services: Services, tenant: Tenant) -> list[list[str]]:
         workspace = await workspaces.get_workspace(session, tenant.name)
         rows = await session.execute(
             text(
-                "SELECT args FROM outbox WHERE job = 'extract_facts' AND args->>'workspace_id' = :ws"
+                "SELECT args FROM outbox "
+                "WHERE job = 'extract_facts' AND args->>'workspace_id' = :ws"
             ),
             {"ws": str(workspace.id)},
         )
@@ -83,7 +84,7 @@ def test_facts_are_extracted_linked_to_sources_and_superseded(
         )  # idempotent
 
         turn(http, tenant, "Big news: we left Lisbon and now live in Porto.", "f-2")
-        second_ids = [ids for ids in fact_jobs(services, tenant) if ids != first_ids][0]
+        second_ids = next(ids for ids in fact_jobs(services, tenant) if ids != first_ids)
         mock.script(
             model, model_reply({"facts": [{"text": "The user lives in Porto.", "replaces": [1]}]})
         )
@@ -92,9 +93,11 @@ def test_facts_are_extracted_linked_to_sources_and_superseded(
         assert "1. The user lives in Lisbon." in sent  # the model saw the current facts, numbered
 
         with engine.connect() as conn:
-            rows = {r.id: r for r in conn.execute(
-                text("SELECT id, kind, end_user, superseded_by, source_ids, embedding IS NOT NULL AS embedded "
-                     "FROM memory_items WHERE id = ANY(:ids)"), {"ids": [lisbon, porto]})}  # fmt: skip
+            query = text(
+                "SELECT id, kind, end_user, superseded_by, source_ids, "
+                "embedding IS NOT NULL AS embedded FROM memory_items WHERE id = ANY(:ids)"
+            )
+            rows = {r.id: r for r in conn.execute(query, {"ids": [lisbon, porto]})}
         assert rows[lisbon].superseded_by == porto and rows[porto].superseded_by is None
         assert rows[porto].kind == "fact" and rows[porto].end_user == "u1" and rows[porto].embedded
         assert {str(i) for i in rows[porto].source_ids} == set(second_ids)
