@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy.exc import DataError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -63,9 +64,11 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
+            DataError: _data_error,
             Exception: _unexpected,
         },
     )
+    app.router.redirect_slashes = False  # a stray slash is a JSON 404, not a redirect
     return Observe(app, log_json=settings.log_format == "json")  # type: ignore[return-value]
 
 
@@ -87,6 +90,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     message = f"{request.method} {request.url.path}: {exc.detail}"
     return json_error(exc.status_code, error_body(message, "invalid_request_error", None, code))
+
+
+async def _data_error(request: Request, exc: Exception) -> Response:
+    """A value the database refuses (a backstop: inputs are validated before they get there)."""
+    body = error_body(
+        "a value in the request cannot be stored (invalid characters or out of range)",
+        "invalid_request_error",
+        None,
+        "invalid_value",
+    )
+    return json_error(400, body)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -80,8 +80,11 @@ def _new_item(entry: Any, param: str) -> store.NewItem:
     if kind not in _KINDS:
         raise BadRequest(f"{param}.kind must be one of {', '.join(_KINDS)}", param=f"{param}.kind")
     metadata = entry.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise BadRequest(f"{param}.metadata must be an object", param=f"{param}.metadata")
+    if not isinstance(metadata, dict) or not _storable(metadata):
+        raise BadRequest(
+            f"{param}.metadata must be an object (without NUL characters, at most 200 levels deep)",
+            param=f"{param}.metadata",
+        )
     return store.NewItem(
         content=content,
         kind=kind,
@@ -97,11 +100,19 @@ def _optional_str(entry: dict[str, Any], name: str, param: str) -> str | None:
     value = entry.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 256:
+    if not isinstance(value, str) or not value or len(value) > 256 or "\x00" in value:
         raise BadRequest(
             f"{param}.{name} must be a string of 1-256 characters", param=f"{param}.{name}"
         )
     return value
+
+
+def _storable(value: Any) -> bool:
+    """JSON PostgreSQL can store and orjson can write back (no NUL, bounded depth)."""
+    try:
+        return b"\\u0000" not in orjson.dumps(value)
+    except TypeError:  # orjson writes fewer levels than it reads
+        return False
 
 
 def _timestamp(value: Any, param: str) -> datetime | None:
@@ -150,7 +161,7 @@ async def search(request: Request) -> Response:
     filters = Filters(
         caller.workspace_id, params.get("user") or None, params.get("thread_id") or None
     )
-    hits = await deps.memory.search(filters, query[:4000], k, legs=legs[mode])
+    hits = await deps.memory.search(filters, query[:4000].replace("\x00", ""), k, legs=legs[mode])
     return _json({"object": "list", "data": [h.as_json() for h in hits]})
 
 
@@ -253,8 +264,8 @@ async def get_injection(request: Request) -> Response:
     request_id = request.path_params["request_id"]
     ws = uuid.UUID(caller.workspace_id)
     async with deps.sessions() as session:
-        row = await session.get(Injection, request_id)
-        if row is None or row.workspace_id != ws:
+        row = await session.get(Injection, (request_id, ws))
+        if row is None:
             raise NotFound(
                 f"no memory record for request {request_id!r}", param="request_id", code="not_found"
             )

@@ -74,6 +74,9 @@ class Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await _reject_nul(send)
+            return
         obs = Observation(_request_id(scope), _route(scope["path"]))
         scope.setdefault("state", {})["obs"] = obs
         scope["state"]["request_id"] = obs.request_id
@@ -131,6 +134,24 @@ class Observe:
                 value = line.pop(name)
                 line[name.replace("_s", "_ms")] = None if value is None else round(value * 1000, 2)
             access_log.info("request", extra={"fields": line})
+
+
+async def _reject_nul(send: Send) -> None:
+    body = orjson.dumps(
+        {"error": {"message": "NUL characters are not allowed in the path or query",
+                   "type": "invalid_request_error", "param": None, "code": "invalid_value"}}
+    )  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-request-id", uuid.uuid4().hex.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope: Scope) -> str:

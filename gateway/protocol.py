@@ -83,7 +83,12 @@ class ChatRequest:
         )
 
     def payload(self) -> bytes:
-        return orjson.dumps(self.body) if self.changed else self.raw
+        if not self.changed:
+            return self.raw
+        try:
+            return orjson.dumps(self.body)
+        except TypeError as exc:  # nested deeper than orjson writes (it reads deeper)
+            raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
 
 
 def _check_messages(messages: Any) -> None:

@@ -65,7 +65,7 @@ def end_user(request: Request, body: dict[str, Any]) -> str | None:
         user = request.headers.get("x-memory-user")
     if user is None or user == "":
         return None
-    if not isinstance(user, str) or len(user) > 256:
+    if not isinstance(user, str) or len(user) > 256 or "\x00" in user:
         raise BadRequest("user must be a string of at most 256 characters", param="user")
     return user
 

@@ -22,6 +22,8 @@ from memory.schema import ApiKey, Workspace
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_PREFIX = "cmg_"
+_MAX_DAYS = 36_500
+_MAX_LIMIT = 2**31 - 1
 
 
 def new_secret() -> str:
@@ -70,7 +72,7 @@ def _ts(value: datetime | None) -> int | None:
 
 async def create_workspace(session: AsyncSession, name: str) -> Workspace:
     name = name.strip()
-    if not name or len(name) > 200:
+    if not name or len(name) > 200 or "\x00" in name:
         raise BadRequest("workspace name must be 1-200 characters", param="name")
     workspace = Workspace(id=uuid.uuid4(), name=name, settings={})
     session.add(workspace)
@@ -110,7 +112,9 @@ WORKSPACE_SETTINGS: dict[str, tuple[str, Any]] = {
 
 
 def _limit_ok(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    return value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_LIMIT
+    )
 
 
 async def update_settings(session: AsyncSession, name: str, changes: dict[str, Any]) -> Workspace:
@@ -142,8 +146,12 @@ async def create_key(
 ) -> tuple[str, KeyInfo]:
     """A new key; the secret is returned here and never again."""
     workspace = await get_workspace(session, workspace_name)
-    if expires_in_days is not None and expires_in_days <= 0:
-        raise BadRequest("expires_in_days must be positive", param="expires_in_days")
+    if expires_in_days is not None and not 0 < expires_in_days <= _MAX_DAYS:
+        raise BadRequest(
+            f"expires_in_days must be between 0 and {_MAX_DAYS}", param="expires_in_days"
+        )
+    if len(name) > 200 or "\x00" in name:
+        raise BadRequest("key name must be at most 200 characters", param="name")
     secret = new_secret()
     expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     key = ApiKey(
@@ -178,8 +186,8 @@ async def set_key_limits(
 def _limit(value: Any, name: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadRequest(f"{name} must be a positive integer or null", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_LIMIT:
+        raise BadRequest(f"{name} must be an integer from 1 to {_MAX_LIMIT}, or null", param=name)
     return value
 
 

@@ -106,7 +106,9 @@ class MemoryItem(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
     embedding_model: Mapped[str | None] = mapped_column(Text)
-    tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed("to_tsvector('english', content)"))
+    tsv: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english', left(content, 100000))")
+    )
 
 
 class TermStat(Base):
@@ -123,7 +125,9 @@ class Injection(Base):
     __tablename__ = "injections"
 
     request_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
     thread_id: Mapped[str | None] = mapped_column(Text)
     item_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID))
     tokens: Mapped[int]

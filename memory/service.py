@@ -164,7 +164,7 @@ class Memory:
                 ids = [h.id for h in injected.items]
                 if injected.summary is not None:
                     ids.insert(0, injected.summary.id)
-                store.record_injection(
+                await store.record_injection(
                     session, request_id, scope, ids, injected.tokens,
                     {"dropped_turns": recalled.dropped, "timings_ms": {
                         k: round(v * 1000, 2) for k, v in recalled.timings.items()}},
@@ -198,7 +198,7 @@ def query_text(turns: Sequence[Any]) -> str:
     query = users[-1]
     if len(users) > 1 and len(query.split()) < _SHORT_QUERY_WORDS:
         query = users[-2] + "\n" + query
-    return query[-4000:]
+    return query[-4000:].replace("\x00", "")
 
 
 async def _summary(session: AsyncSession, scope: store.Scope) -> Hit | None:

@@ -63,11 +63,13 @@ def message_text(message: Any) -> str:
         for part in content:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 parts.append(part["text"])
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             parts.append(f"[called {function.get('name')}({function.get('arguments') or ''})]")
-    return "\n".join(p for p in parts if p)
+    # PostgreSQL text cannot hold NUL; it carries no meaning for memory either.
+    return "\n".join(p for p in parts if p).replace("\x00", "")
 
 
 def conversation(messages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -139,12 +141,18 @@ async def add_items(
     return ids
 
 
-def record_injection(
-    session: AsyncSession, request_id: str, scope: Scope, item_ids: list[uuid.UUID], tokens: int,
+async def record_injection(
+    session: AsyncSession,
+    request_id: str,
+    scope: Scope,
+    item_ids: list[uuid.UUID],
+    tokens: int,
     detail: dict[str, Any],
-) -> None:  # fmt: skip
-    session.add(
-        Injection(
+) -> None:
+    """What a request got injected; a repeated request id (a client retry) keeps the first."""
+    await session.execute(
+        insert(Injection)
+        .values(
             request_id=request_id,
             workspace_id=uuid.UUID(scope.workspace_id),
             thread_id=scope.thread_id,
@@ -152,6 +160,7 @@ def record_injection(
             tokens=tokens,
             detail=detail,
         )
+        .on_conflict_do_nothing(index_elements=["workspace_id", "request_id"])
     )
 
 
@@ -179,7 +188,7 @@ async def _lock_thread(session: AsyncSession, scope: Scope) -> Thread:
 
 
 def _row(scope: Scope, item: NewItem, position: int | None) -> dict[str, Any]:
-    content = redact(item.content, pii=scope.pii)
+    content = redact(item.content.replace("\x00", ""), pii=scope.pii)
     row: dict[str, Any] = {
         "id": uuid.uuid4(),
         "workspace_id": uuid.UUID(scope.workspace_id),
