@@ -119,10 +119,6 @@ class Observe:
             metrics.OVERHEAD.observe(max(0.0, elapsed - obs.upstream_s))
         if obs.ttft_s is not None:
             metrics.TTFT.labels(provider).observe(obs.ttft_s)
-        if obs.attempts > 1:
-            metrics.RETRIES.labels(provider).inc(obs.attempts - 1)
-        if obs.fallback:
-            metrics.FALLBACKS.labels(provider).inc()
         if status == 401 and obs.error_code:
             metrics.AUTH_FAILURES.labels(obs.error_code).inc()
         if obs.route in ("metrics", "health"):

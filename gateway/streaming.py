@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway import metrics
 from gateway.errors import GatewayError, error_body
 from gateway.providers.client import Upstream
 
@@ -130,6 +131,7 @@ async def relay(
                 yield failure
     except (aiohttp.ClientError, TimeoutError) as exc:
         tap.error = {"message": type(exc).__name__}
+        metrics.UPSTREAM_ERRORS.labels(upstream.target.provider.name, "stream").inc()
         yield sse_error(
             f"the provider stream broke off: {type(exc).__name__}", "upstream_error", "stream_error"
         )

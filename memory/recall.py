@@ -120,7 +120,7 @@ async def search(
     session: AsyncSession,
     filters: Filters,
     query: str,
-    vector: Sequence[float] | None,
+    vector: str | Sequence[float] | None,
     *,
     limit: int,
     candidates: int,
@@ -154,12 +154,13 @@ async def search(
 
 
 async def vector_leg(
-    session: AsyncSession, filters: Filters, vector: Sequence[float], n: int
+    session: AsyncSession, filters: Filters, vector: str | Sequence[float], n: int
 ) -> list[Hit]:
     where, params = filters.sql()
     await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     await session.execute(text(f"SET LOCAL hnsw.ef_search = {max(40, min(n * 2, 400))}"))
-    params.update(q=_vector_literal(vector), n=n)
+    literal = vector if isinstance(vector, str) else vector_literal(vector)
+    params.update(q=literal, n=n)
     rows = await session.execute(
         text(
             f"SELECT {_COLUMNS}, 1 - (embedding <=> CAST(:q AS vector)) AS similarity "
@@ -247,7 +248,8 @@ def _quote_lexeme(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _vector_literal(vector: Sequence[float]) -> str:
+def vector_literal(vector: Sequence[float]) -> str:
+    """pgvector's text form of a query vector."""
     return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 

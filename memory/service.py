@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import context, store
 from memory.embedder import Embedder
-from memory.recall import DocCounts, Filters, Hit
+from memory.recall import DocCounts, Filters, Hit, vector_literal
 from memory.recall import search as hybrid_search
 from memory.redact import redact
 from memory.schema import MemoryItem
 
-_QUERY_CACHE = 10_000
+_QUERY_CACHE = 2_000  # ~3.5 KB each as a pgvector literal
 _SHORT_QUERY_WORDS = 8
 
 
@@ -77,15 +77,16 @@ class Memory:
         self.knobs = knobs
         self.relay = relay
         self.counts = DocCounts()
-        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._vectors: OrderedDict[str, str] = OrderedDict()
 
-    async def embed_query(self, query: str) -> list[float]:
+    async def embed_query(self, query: str) -> str:
+        """The query's vector as a pgvector literal (cached: compact, and what SQL takes)."""
         cached = self._vectors.get(query)
         if cached is not None:
             self._vectors.move_to_end(query)
             return cached
         matrix = await asyncio.to_thread(self.embedder.embed, [query])
-        vector = [float(x) for x in matrix[0]]
+        vector = vector_literal(matrix[0])
         self._vectors[query] = vector
         if len(self._vectors) > _QUERY_CACHE:
             self._vectors.popitem(last=False)

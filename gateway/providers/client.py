@@ -22,6 +22,7 @@ from typing import Protocol
 
 import aiohttp
 
+from gateway import metrics
 from gateway.errors import UpstreamError, UpstreamTimeout, normalise_upstream_error
 from gateway.providers.router import Target
 from gateway.settings import Settings
@@ -70,19 +71,25 @@ class ProviderClient:
         last: UpstreamError | None = None
         attempts = 0
         started = time.perf_counter()
-        for target in route:
+        for position, target in enumerate(route):
             payload = request.with_model(target.model).payload()
+            if position:
+                metrics.FALLBACKS.labels(target.provider.name).inc()
             for attempt in range(target.provider.retries + 1):
                 attempts += 1
+                if attempt:
+                    metrics.RETRIES.labels(target.provider.name).inc()
                 try:
                     response = await self._post(target, path, payload)
                 except TimeoutError:
+                    metrics.UPSTREAM_ERRORS.labels(target.provider.name, "timeout").inc()
                     last = UpstreamTimeout(
                         f"provider {target.provider.name} did not answer in time",
                         code="upstream_timeout",
                     )
                     break  # a slow provider is not retried; the next target may be faster
                 except aiohttp.ClientError as exc:
+                    metrics.UPSTREAM_ERRORS.labels(target.provider.name, "connect").inc()
                     delay: float | None
                     last = UpstreamError(
                         f"could not reach provider {target.provider.name}: {type(exc).__name__}",
@@ -92,6 +99,8 @@ class ProviderClient:
                 else:
                     if response.status < 400:
                         return Upstream(target, response, attempts, started)
+                    kind = "429" if response.status == 429 else f"{response.status // 100}xx"
+                    metrics.UPSTREAM_ERRORS.labels(target.provider.name, kind).inc()
                     last, delay = await self._failure(target, response, attempt)
                     if last.status not in _RETRYABLE:
                         raise last
