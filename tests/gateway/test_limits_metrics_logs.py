@@ -251,3 +251,24 @@ def test_worker_exports_job_metrics_on_its_port(
 def test_queue_and_outbox_gauges_are_exported(http: httpx.Client) -> None:
     families = {f.name for f in text_string_to_metric_families(http.get("/metrics").text)}
     assert {"cmg_rq_queue_depth", "cmg_outbox_backlog", "cmg_outbox_oldest_age_seconds"} <= families
+
+
+def test_retries_fallbacks_and_upstream_errors_are_counted(
+    gateway: Gateway, http: httpx.Client, tenant: Tenant, mock: MockUpstream, unique: str
+) -> None:
+    from tests.mock_upstream import Reply
+
+    before = http.get("/metrics").text
+    mock.script(unique, Reply.error(502))
+    mock.script("flaky", Reply.error(500), Reply.error(500))
+    with gateway.client(tenant.key) as client:
+        client.chat.completions.create(model=f"alt/{unique}", messages=USER, extra_headers=OFF)
+        client.chat.completions.create(model="alt/flaky", messages=USER, extra_headers=OFF)
+    after = http.get("/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert grew("cmg_upstream_retries_total", provider="alt") >= 2
+    assert grew("cmg_upstream_errors_total", provider="alt", kind="5xx") >= 3
+    assert grew("cmg_upstream_fallbacks_total", provider="alt") >= 1
