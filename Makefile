@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint check bench eval venv clean
+.PHONY: run test lint check bench eval soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -20,8 +20,8 @@ test: venv
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff format --check gateway memory workers tests bench
-	$(BIN)/ruff check gateway memory workers tests bench
+	$(BIN)/ruff format --check gateway memory workers tests
+	$(BIN)/ruff check gateway memory workers tests
 
 check: lint
 	$(BIN)/mypy
@@ -31,6 +31,9 @@ bench: venv
 
 eval: venv
 	$(BIN)/python -m bench.recall_eval
+
+soak: venv
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .cmg
