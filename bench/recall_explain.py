@@ -1,0 +1,62 @@
+"""EXPLAIN ANALYZE of the two recall legs, as ``memory.recall`` actually issues them.
+
+The legs run against a stand-in session that, before each leg's main ``SELECT``, runs the same
+statement with the same parameters under ``EXPLAIN (ANALYZE, BUFFERS)`` in the same
+transaction (so ``SET LOCAL hnsw.*`` applies), then lets the real statement through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory import recall
+
+_KEY = ("Scan", "Limit", "Sort", "Filter", "Rows Removed", "Index Cond", "Recheck",
+        "Heap Blocks", "Buffers", "Planning Time", "Execution Time", "JIT", "Functions",
+        "Timing", "Order By")  # fmt: skip
+
+
+_VECTOR = re.compile(r"'\[[-0-9.e,]+\]'")
+
+
+class _Explaining:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self.plans: list[str] = []
+
+    async def execute(self, statement: Any, params: Any = None) -> Any:
+        sql = getattr(statement, "text", "")
+        if sql.startswith(f"SELECT {recall._COLUMNS}"):
+            rows = await self._session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql), params)
+            self.plans.append("\n".join(str(r[0]) for r in rows))
+        return await self._session.execute(statement, params)
+
+
+async def explain_legs(
+    sessions: async_sessionmaker[AsyncSession], filters: recall.Filters, query: str,
+    vector: Sequence[float], *, legs: Sequence[str] = ("vector", "lexical"), note: str = "",
+) -> list[str]:  # fmt: skip
+    """Key lines of each leg's plan, in ``legs`` order."""
+    plans = []
+    for leg in legs:
+        async with sessions() as session:
+            spy = _Explaining(session)
+            if leg == "vector":
+                await recall.vector_leg(spy, filters, [float(x) for x in vector], 50)  # type: ignore[arg-type]
+            else:
+                await recall.lexical_leg(spy, filters, query, 50, recall.DocCounts())  # type: ignore[arg-type]
+            await session.rollback()
+        for plan in spy.plans:
+            keep = [
+                _VECTOR.sub("'[384 floats]'", line)
+                for line in plan.splitlines()
+                if any(k in line for k in _KEY)
+            ]
+            label = f"-- {leg} leg{f' ({note})' if note else ''}, query {query[:60]!r}"
+            plans.append(label + "\n" + "\n".join(keep))
+    return plans

@@ -1,0 +1,113 @@
+"""Bulk memory for the recall latency bench: realistic text, synthetic vectors, loaded by COPY.
+
+Embedding 200k texts with the local model would take most of an hour here, so rows are written
+straight into ``memory_items`` with binary COPY. The text is real-looking: a turn of the eval's
+generated conversations (``bench/conversations.py``), often followed by a sentence of words drawn
+from a Zipf law over the MiniLM vocabulary (roughly frequency-ordered English), so the tsvector,
+the GIN index and ``term_stats`` see a natural spread of common and rare lexemes. The vectors are
+SYNTHETIC: random normal, normalised, 384-d. Latency depends on the index, not on what the vectors
+mean; random vectors have no cluster structure, which is the hard case for HNSW.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+from bench import conversations
+
+DIM = 384
+_VOCAB = Path(__file__).resolve().parents[1] / "memory" / "data" / "minilm-tokenizer.json"
+_COLUMNS = (
+    "id, workspace_id, thread_id, end_user, kind, role, content, content_hash, token_count, "
+    "metadata, created_at, embedding, embedding_model"
+)
+_TYPES = ["uuid", "uuid", "text", "text", "text", "text", "text", "text", "int4", "jsonb",
+          "timestamptz", "vector", "text"]  # fmt: skip
+TERM_STATS = """
+    INSERT INTO term_stats (workspace_id, lexeme, df)
+    SELECT workspace_id, lexeme, count(*)
+    FROM memory_items, unnest(tsvector_to_array(tsv)) AS lexeme
+    WHERE workspace_id = ANY(%s) AND embedding IS NOT NULL
+    GROUP BY 1, 2
+"""
+
+
+class Texts:
+    """Turns of the generated conversations, half of them with a Zipf-sampled sentence added."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        data = conversations.build(personas=60, seed=seed)
+        self.turns = [(t.role, t.content) for t in data.turns]
+        self.questions = sorted({q.text for q in data.questions})
+        vocab = json.loads(_VOCAB.read_text())["model"]["vocab"]
+        words = sorted(vocab.items(), key=lambda kv: kv[1])
+        self._words = [w for w, _ in words if w.isalpha() and w.isascii() and len(w) >= 3]
+        weights = 1.0 / np.arange(1, len(self._words) + 1)
+        self._cum = np.cumsum(weights / weights.sum())
+
+    def sentence(self, low: int = 6, high: int = 25) -> str:
+        n = self._rng.randint(low, high)
+        picks = np.searchsorted(self._cum, [self._rng.random() for _ in range(n)])
+        return " ".join(self._words[min(int(i), len(self._words) - 1)] for i in picks) + "."
+
+    def item(self) -> tuple[str, str]:
+        role, content = self._rng.choice(self.turns)
+        if self._rng.random() < 0.5:
+            content = f"{content} {self.sentence().capitalize()}"
+        return role, content
+
+    def queries(self, n: int) -> list[str]:
+        """Half eval-style questions, half user turns (what chat recall searches with)."""
+        users = sorted({c for r, c in self.turns if r == "user"})
+        picked = self._rng.sample(self.questions, min(n // 2, len(self.questions)))
+        picked += self._rng.sample(users, n - len(picked))
+        return [f"{q} {self.sentence(1, 3)}" if self._rng.random() < 0.3 else q for q in picked]
+
+
+def load(
+    conn: psycopg.Connection, workspace_id: str, count: int, texts: Texts, *, users: int,
+    seed: int, model: str = "synthetic-normal-384",
+) -> float:  # fmt: skip
+    """COPY ``count`` rows into one workspace; seconds taken (commit included)."""
+    register_vector(conn)
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY memory_items ({_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(_TYPES)
+            for row in _rows(workspace_id, count, texts, users=users, seed=seed, model=model):
+                copy.write_row(row)
+    conn.commit()
+    return time.perf_counter() - started
+
+
+def _rows(
+    workspace_id: str, count: int, texts: Texts, *, users: int, seed: int, model: str
+) -> Iterator[tuple[object, ...]]:
+    rng = np.random.default_rng(seed)
+    ws = uuid.UUID(workspace_id)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for chunk in range(0, count, 4096):
+        size = min(4096, count - chunk)
+        vectors = rng.standard_normal((size, DIM), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        for i in range(size):
+            n = chunk + i
+            role, content = texts.item()
+            user = f"user-{n % users:04d}"
+            yield (
+                uuid.uuid4(), ws, f"{user}-t{(n // users) // 20}", user, "message", role,
+                content, hashlib.sha256(content.encode()).hexdigest(), len(content) // 4,
+                {}, start + timedelta(minutes=n), vectors[i], model,
+            )  # fmt: skip
