@@ -77,7 +77,9 @@ def test_chat_completion_echoes_the_last_user_message(
     assert completion.usage.prompt_tokens_details.cached_tokens == 0
     (recorded,) = upstream.requests_for("mock/gpt")
     assert recorded.headers["authorization"] == "Bearer x"
-    assert recorded.json["messages"] == HELLO and recorded.completed
+    assert recorded.json["messages"] == HELLO
+    # the client can hold the whole answer a moment before the mock's thread marks it written
+    upstream.wait_for(lambda r: r is recorded and r.completed)
 
 
 def test_stream_chunks_validate_and_end_with_a_usage_chunk(upstream: MockUpstream) -> None:
