@@ -3,10 +3,11 @@
 checked for company and measured again.
 
 Other work on this 2-core box (someone's test suite) skews every figure. Around each point the
-harness takes the machine's CPU time less what the bench's own processes used (the target, the
-mock, bench.py and its wrk): ``outside_cores``. A point above ``outside_limit`` is measured again,
-up to ``reruns`` times; every attempt is kept in the JSON lines and the report quotes the least
-disturbed one. bench.py's own ``box_busy_cores`` (everything, the bench included) is kept too.
+harness takes the machine's CPU time less what the bench's own processes used (the target with
+its database and Redis, the mock, bench.py and its wrk): ``outside_cores``. A point above
+``outside_limit`` is measured again, up to ``reruns`` times; every attempt is kept in the JSON
+lines and the report quotes the least disturbed one. bench.py's own ``box_busy_cores``
+(everything, the bench included) is kept too.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Harness:
         with tempfile.TemporaryDirectory(prefix="cmg-bench-out-") as tmp:
             out = Path(tmp) / "rows.jsonl"
             argv = self._argv(target, point, out, sanity=sanity)
-            with OutsideLoad([target.pid, *helpers]) as outside:
+            with OutsideLoad([target.pid, *target.services, *helpers]) as outside:
                 done = subprocess.run(argv, stdout=subprocess.DEVNULL, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"bench.py against {target.label} exited {done.returncode}")

@@ -27,9 +27,11 @@ broken off keeps the user turn and what arrived of the answer); a usage event pe
 injection record per memory-on 200; ``/metrics`` agrees with the client's status counts and with
 the mock's retries and failures; one access-log line per request and no error logged; no key and
 no message text (every text the soak sends, and every answer, carries ``zqx``) in the gateway or
-worker logs, error bodies or metrics; gateway and worker RSS after warm-up (10% of the requests)
-against the end of the load: flat means < 10% growth. ``--tracemalloc`` also reports what grew,
-by source line (it slows the processes and inflates their RSS: use it for a separate, shorter run).
+worker logs, error bodies or metrics; gateway and worker RSS (the worker: the RQ process that runs
+the jobs, not its scheduler child) after warm-up (10% of the requests) against the end of the
+load: flat means < 10% growth. ``--tracemalloc`` also reports what grew,
+by source line: a snapshot stalls each process for up to a minute and leaves its RSS higher, so
+use it for a separate, shorter run that attributes growth, not for the RSS verdict.
 
 Results: stdout, ``bench-results/soak.md``, logs in ``bench-results/soak-logs/``. Exit 1 when an
 invariant fails. Loopback only; every process and temp dir is gone at exit, failure or not.
@@ -188,25 +190,34 @@ def _services(opts: argparse.Namespace, logs: Path, master: str) -> Iterator[tup
 
 
 # Loaded at start-up by the gateway and the worker with --tracemalloc (as ``sitecustomize`` on
-# PYTHONPATH, from the temp data dir): the first SIGUSR2 takes a baseline snapshot, each later
-# one writes what grew since, by line, to SOAK_TRACEMALLOC.<pid>.txt.
+# PYTHONPATH, from the temp data dir): the first SIGUSR2 keeps per-line totals as the baseline
+# (not the snapshot, whose traces would stay alive and swell the RSS being measured), each
+# later one writes what grew since, by source line, to SOAK_TRACEMALLOC.<pid>.txt.
 _TRACER = """
 import os, signal, tracemalloc
 _out = os.environ.get("SOAK_TRACEMALLOC")
 if _out:
     tracemalloc.start()
     _base = []
-    def _dump(signum, frame):
+    def _lines():
         snap = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)])
+            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)])
+        return {f"{s.traceback[0].filename}:{s.traceback[0].lineno}": (s.size, s.count)
+                for s in snap.statistics("lineno")}
+    def _dump(signum, frame):
+        now = _lines()
         if not _base:
-            _base.append(snap)
+            _base.append(now)
             return
-        top = snap.compare_to(_base[0], "lineno")
-        grew = sum(s.size_diff for s in top)
+        base = _base[0]
+        diff = {k: now.get(k, (0, 0))[0] - base.get(k, (0, 0))[0] for k in now.keys() | base}
+        top = sorted(diff, key=lambda k: -abs(diff[k]))[:25]
         with open(f"{_out}.{os.getpid()}.txt", "w") as f:
-            f.write(f"traced memory grew {grew / 2**20:.1f} MiB since the baseline\\n")
-            f.writelines(f"{s}\\n" for s in top[:25])
+            f.write(f"traced memory grew {sum(diff.values()) / 2**20:.1f} MiB\\n")
+            for k in top:
+                size, count = now.get(k, (0, 0))
+                kib, grew = size / 1024, diff[k] / 1024
+                f.write(f"{k}: {kib:.0f} KiB ({grew:+.0f} KiB), {count} blocks\\n")
     signal.signal(signal.SIGUSR2, _dump)
 """
 
@@ -396,10 +407,15 @@ class Soak:
                 result.status = response.status
                 result.latency = time.perf_counter() - started
                 result.ttft = first - started if first and call.stream else None
-                _judge(result, call, response.headers, b"".join(chunks))
+                body = b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             result.latency = time.perf_counter() - started
             result.detail = f"transport: {type(exc).__name__}: {exc}"[:300]
+            return result
+        try:
+            _judge(result, call, response.headers, body)
+        except (ValueError, TypeError, AttributeError) as exc:  # e.g. a non-numeric header
+            result.verdict, result.detail = "gateway", f"unreadable answer: {exc!r}"[:300]
         return result
 
     def _progress(self, done: int) -> None:
@@ -435,10 +451,9 @@ class Soak:
 
     # --- the books ---
 
-    async def _books(self, http: aiohttp.ClientSession, report: Report) -> None:
+    def _database_books(self, report: Report) -> None:
         import psycopg
 
-        print("load done; waiting for the worker and the outbox", flush=True)
         with psycopg.connect(self.stack.database_url, autocommit=True) as db:
             report.drain = _drain(db, self.opts.drain_timeout)
             self._sample(len(self.results))
@@ -447,6 +462,10 @@ class Soak:
             report.check_usage(_wait_usage(db, report.statuses.get(200, 0)))
             report.check_injections(_scalar(db, "SELECT count(*) FROM injections"))
             report.recall_ms = _recall_timings(db)
+
+    async def _books(self, http: aiohttp.ClientSession, report: Report) -> None:
+        print("load done; waiting for the worker and the outbox", flush=True)
+        await asyncio.to_thread(self._database_books, report)
         report.check_rss()
         async with http.get(f"{self.url}/metrics") as response:
             metrics_text = await response.text()
@@ -532,8 +551,9 @@ def _judge_error(result: Result, headers: Any, raw: bytes) -> None:
     result.error_text = raw.decode(errors="replace")
     try:
         error = json.loads(raw)["error"]
-        assert isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)
-    except (ValueError, KeyError, TypeError, AssertionError):
+    except (ValueError, KeyError, TypeError):
+        error = None
+    if not isinstance(error, dict) or not {"message", "type", "param", "code"} <= set(error):
         result.detail = f"{result.status} body is not OpenAI-shaped: {raw[:200]!r}"
         return
     key = str(result.status) if result.status in (429, 500) else f"{result.status}:{error['code']}"

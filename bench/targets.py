@@ -40,6 +40,7 @@ class Target:
     api_key: str
     pid: int  # sampled for CPU and RSS (with its descendants)
     headers: Mapping[str, str] = field(default_factory=dict)
+    services: tuple[int, ...] = ()  # its database and Redis: its own load, not the box's
 
 
 @contextlib.contextmanager
@@ -71,7 +72,9 @@ def gateway(upstream: str, scenario: Scenario, logs: Path) -> Iterator[Target]:
         stack.callback(_stop_embedded, data_dir)  # also covers a half-started service
         env = _gateway_env(scenario, upstream)
         env["DATABASE_URL"] = embedded.start_postgres(data_dir).url
-        env["REDIS_URL"] = embedded.start_redis(data_dir).url
+        redis = embedded.start_redis(data_dir)
+        env["REDIS_URL"] = redis.url
+        services = (int((data_dir / "pg" / "postmaster.pid").read_text().split()[0]), redis.pid)
         key = _prepare(env, logs / "gateway-setup.log")
         port = free_port()
         argv: list[str | Path] = [_cmg(), "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -79,7 +82,7 @@ def gateway(upstream: str, scenario: Scenario, logs: Path) -> Iterator[Target]:
         stack.callback(server.stop)
         base_url = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{base_url}/models", server, headers={"Authorization": f"Bearer {key}"})
-        yield Target("gateway", base_url, key, server.pid, dict(scenario.headers))
+        yield Target("gateway", base_url, key, server.pid, dict(scenario.headers), services)
 
 
 @contextlib.contextmanager

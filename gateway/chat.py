@@ -212,8 +212,10 @@ async def read_json(upstream: Upstream) -> tuple[bytes, Any]:
     try:
         body = await upstream.response.read()
     except TimeoutError as exc:
+        metrics.UPSTREAM_ERRORS.labels(name, "timeout").inc()
         raise UpstreamTimeout(f"provider {name} stopped sending", code="upstream_timeout") from exc
     except aiohttp.ClientError as exc:
+        metrics.UPSTREAM_ERRORS.labels(name, "broken").inc()
         raise UpstreamError(
             f"provider {name} broke off the response: {type(exc).__name__}", code="upstream_broken"
         ) from exc

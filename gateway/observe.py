@@ -13,7 +13,7 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -124,7 +124,7 @@ class Observe:
         if obs.route in ("metrics", "health"):
             return  # probes are counted, not logged
         if access_log.isEnabledFor(logging.INFO):
-            line = asdict(obs)
+            line = dict(obs.__dict__)  # flat fields: a shallow copy, not asdict's deep one
             line.update(status=status, latency_ms=round(elapsed * 1000, 2))
             for name in ("upstream_s", "ttft_s", "recall_s"):
                 value = line.pop(name)

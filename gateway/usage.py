@@ -125,7 +125,7 @@ class UsageRecorder:
 
 async def _write(session: AsyncSession, batch: list[Usage]) -> None:
     await session.execute(
-        insert(UsageEvent),
+        insert(UsageEvent.__table__),  # type: ignore[arg-type]  # Core executemany, not ORM bulk
         [
             {
                 "created_at": u.at,

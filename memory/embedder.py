@@ -196,6 +196,10 @@ def _load_session(threads: int) -> Any:
     options.log_severity_level = 3
     # Idle worker threads sleep instead of spinning: the cores belong to the gateway too.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The CPU arena keeps its peak size (batch x longest text) for the life of the process:
+    # measured 238 MB -> 1.4 GB after a few long batches, never shrinking. Without it, RSS
+    # follows the current batch; short batches run at the same speed.
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(
         str(model), sess_options=options, providers=["CPUExecutionProvider"]
     )

@@ -25,7 +25,7 @@ from memory.recall import search as hybrid_search
 from memory.redact import redact
 from memory.schema import MemoryItem
 
-_QUERY_CACHE = 2_000  # ~3.5 KB each as a pgvector literal
+_QUERY_CACHE = 2_000  # ~4.5 KB each as a pgvector literal: ~9 MiB when full
 _SHORT_QUERY_WORDS = 8
 
 
