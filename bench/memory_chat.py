@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import synthetic_items, targets
+from bench import hotspots, synthetic_items, targets
 from bench.processes import OutsideLoad, Service, tree_cpu_seconds, wait_http, wait_quiet
 from bench.run import BENCH_PYTHON, _shared_dir
 from bench.scenarios import Scenario
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="cmg-memchat-") as tmp,
         targets.mock_upstream(shared, BENCH_PYTHON, logs) as direct,
-        _gateway(direct.base_url, logs, args.seed_items, texts, notes) as (url, key, pid),
+        _gateway(direct.base_url, logs, args, texts, notes) as (url, key, pid),
     ):
         bodies = Path(tmp) / "bodies.jsonl"
         _bodies(bodies, texts, args.requests)
@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
             for conc in args.conc:
                 wait_quiet(0.3, 60)
                 rows.append(_point(url, lua, conc, args.duration, pid, direct.pid, memory))
+            if args.profile and memory == "on":  # an extra, unmeasured run: sampling slows it
+                profile = run_dir / "profile-memory-on.txt"
+                with _profiled(pid, args.duration, profile):
+                    _wrk(url, lua, max(args.conc), args.duration)
+                if profile.exists():
+                    notes.append("\n\n" + hotspots.summarize(profile, "memory on"))
     table = render(rows, notes, args)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "table.md").write_text(table)
@@ -93,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
 
 @contextlib.contextmanager
 def _gateway(
-    upstream: str, logs: Path, seed_items: int, texts: synthetic_items.Texts, notes: list[str]
-) -> Iterator[tuple[str, str, int]]:
+    upstream: str, logs: Path, args: argparse.Namespace, texts: synthetic_items.Texts,
+    notes: list[str],
+) -> Iterator[tuple[str, str, int]]:  # fmt: skip
     """``targets.gateway``'s set-up, plus memory to recall in the bench workspace before start."""
     from gateway import embedded
 
@@ -103,10 +110,13 @@ def _gateway(
         stack.callback(shutil.rmtree, data_dir, True)
         stack.callback(targets._stop_embedded, data_dir)
         env = targets._gateway_env(SCENARIO, upstream)
+        if args.candidates:
+            env["CMG_MEMORY_CANDIDATES"] = str(args.candidates)
+            notes.append(f"gateway run with CMG_MEMORY_CANDIDATES={args.candidates}")
         env["DATABASE_URL"] = embedded.start_postgres(data_dir).url
         env["REDIS_URL"] = embedded.start_redis(data_dir).url
         key = targets._prepare(env, logs / "gateway-setup.log")
-        notes.append(_seed(env["DATABASE_URL"], seed_items, texts))
+        notes.append(_seed(env["DATABASE_URL"], args.seed_items, texts))
         port = targets.free_port()
         argv: list[str | Path] = [
             targets._cmg(),
@@ -118,6 +128,27 @@ def _gateway(
         url = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{url}/models", server, headers={"Authorization": f"Bearer {key}"})
         yield url, key, server.pid
+
+
+@contextlib.contextmanager
+def _profiled(pid: int, seconds: int, out: Path | None) -> Iterator[None]:
+    """py-spy (from the bench venv, never the project's) samples the gateway meanwhile."""
+    if out is None:
+        yield
+        return
+    py_spy = hotspots.ensure_py_spy(BENCH_PYTHON)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = [str(py_spy), "record", "--nonblocking", "-p", str(pid), "-r", "250", "-d", str(seconds)]
+    sampler = subprocess.Popen([*spy, "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield
+    finally:
+        try:
+            sampler.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait()
 
 
 def _seed(database_url: str, count: int, texts: synthetic_items.Texts) -> str:
@@ -188,7 +219,7 @@ def render(rows: list[dict[str, object]], notes: list[str], args: argparse.Names
         "chat, 16-token answers; a new user message every request (one of 100 end users), so "
         "no query-embedding cache hits; each request recalls, injects, forwards and saves the turn",
         "- `X-Memory: off` rows: the same bodies through the same gateway, for reference",
-        *(f"- {n}" for n in notes),
+        *(f"- {n}" for n in notes if not n.startswith("\n")),
         "",
         "| X-Memory | conc | req/s | p50 ms | p90 ms | p99 ms | errors | gateway CPU cores "
         "| other load cores |",
@@ -207,6 +238,7 @@ def render(rows: list[dict[str, object]], notes: list[str], args: argparse.Names
             "",
             f"Goal: memory-on JSON req/s at c=16 >= {TARGET_RPS}: {rps:,.0f} -> {verdict}",
         ]
+    lines += [n for n in notes if n.startswith("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed-items", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=30_000, help="distinct bodies (30000)")
+    parser.add_argument("--candidates", type=int, help="CMG_MEMORY_CANDIDATES (default: 50)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway at memory on, top conc")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench-results")
     return parser
 

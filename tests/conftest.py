@@ -215,6 +215,7 @@ def worker(
     )
     proc.metrics_port = metrics_port  # type: ignore[attr-defined]
     try:
+        _wait_worker_ready(proc, metrics_port, gateway.env["REDIS_URL"])
         yield proc
     finally:
         if proc.poll() is None:
@@ -225,6 +226,31 @@ def worker(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def _wait_worker_ready(proc: subprocess.Popen[bytes], metrics_port: int, redis_url: str) -> None:
+    """Block until the worker serves its metrics (embedder loaded) and has drained the backlog.
+
+    Tests that ran before the worker started left embed jobs queued; a test that waits for its
+    own item must not depend on how fast a cold worker on a slow machine works through them.
+    """
+    from redis import Redis
+    from rq import Queue
+
+    deadline = time.monotonic() + 120
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with Redis.from_url(redis_url) as redis:
+        queues = [Queue(name, connection=redis) for name in ("embed", "summarize")]
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the worker process exited during startup"
+            try:
+                up = httpx.get(url, timeout=1).status_code == 200
+            except httpx.HTTPError:
+                up = False
+            if up and all(q.count == 0 for q in queues):
+                return
+            time.sleep(0.2)
+    raise AssertionError("the worker did not become ready with an empty backlog in 120 s")
 
 
 def run_db(services: Services, work: Any) -> Any:

@@ -241,7 +241,7 @@ def test_worker_exports_job_metrics_on_its_port(
 ) -> None:
     added = http.post(
         "/v1/memory/items?wait=true", json={"items": [{"content": "metrics for the worker"}]},
-        headers={"Authorization": f"Bearer {tenant.key}"},
+        headers={"Authorization": f"Bearer {tenant.key}"}, timeout=60,
     )  # fmt: skip
     assert added.json()["searchable"] is True
     text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
