@@ -95,14 +95,19 @@ class Stack:
 
 
 @contextlib.contextmanager
-def memory_stack(logs: Path, *, upstream: str = "http://127.0.0.1:9/v1") -> Iterator[Stack]:
+def memory_stack(
+    logs: Path, *, upstream: str = "http://127.0.0.1:9/v1", keep: Path | None = None
+) -> Iterator[Stack]:
+    """The stack in a temp dir, or in ``keep`` (created or reused, and left in place)."""
     from gateway import embedded
     from memory import migrate
 
-    data_dir = Path(tempfile.mkdtemp(prefix="cmg-recall-"))
+    data_dir = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="cmg-recall-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, data_dir, True)
+        if keep is None:
+            cleanup.callback(shutil.rmtree, data_dir, True)
         pg = embedded.start_postgres(data_dir)
         cleanup.callback(pg.stop)
         rd = embedded.start_redis(data_dir)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -72,19 +73,28 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     notes: list[str] = []
     started = time.monotonic()
-    with memory_stack(args.results_dir / "recall-bench-logs") as stack:
-        small, key_small = stack.tenant("bench-10k")
-        large, key_large = stack.tenant("bench-100k")
-        others = [stack.tenant(f"bench-other-{i}")[0] for i in range(args.others)]
+    with memory_stack(args.results_dir / "recall-bench-logs", keep=args.keep_dir) as stack:
         texts = synthetic_items.Texts(seed=7)
         queries = texts.queries(2 * (args.queries + args.warmup))
         half = len(queries) // 2
+        loaded = _loaded(args.keep_dir)
+        if loaded is None:
+            small, key_small = stack.tenant("bench-10k")
+            large, key_large = stack.tenant("bench-100k")
+            others = [stack.tenant(f"bench-other-{i}")[0] for i in range(args.others)]
+        else:
+            small, large = loaded["small"], loaded["large"]
+            key_small, key_large = _new_key(stack, "bench-10k"), _new_key(stack, "bench-100k")
+            notes += [f"reused the data loaded {loaded['at']} in `--keep-dir`:", *loaded["notes"]]
         stages = [
             Stage(args.small, small, queries[:half]),
             Stage(args.large, large, queries[half:]),
         ]
-        with psycopg.connect(stack.database_url) as conn:
-            _load(conn, stages, others, texts, args, notes)
+        if loaded is None:
+            with psycopg.connect(stack.database_url) as conn:
+                _load(conn, stages, others, texts, args, notes)
+            if args.keep_dir:
+                _remember_load(args.keep_dir, small, large, notes)
         if args.http:
             stack.start_gateway()
         for stage, key in zip(stages, (key_small, key_large), strict=True):
@@ -108,6 +118,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --- loading ---
+
+_LOADED = "recall-bench.json"
+
+
+def _loaded(keep_dir: Path | None) -> dict[str, Any] | None:
+    """What an earlier run loaded into ``--keep-dir`` (None: nothing yet)."""
+    marker = keep_dir / _LOADED if keep_dir else None
+    if marker is None or not marker.exists():
+        return None
+    loaded: dict[str, Any] = json.loads(marker.read_text())
+    return loaded
+
+
+def _remember_load(keep_dir: Path, small: str, large: str, notes: list[str]) -> None:
+    at = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    marker = {"small": small, "large": large, "at": at, "notes": [f"  - {n}" for n in notes]}
+    (keep_dir / _LOADED).write_text(json.dumps(marker, indent=1))
+
+
+def _new_key(stack: Any, workspace: str) -> str:
+    from bench.memory_stack import run_db
+    from gateway import workspaces
+
+    async def work(session: Any) -> str:
+        secret, _ = await workspaces.create_key(session, workspace)
+        return secret
+
+    key: str = run_db(stack.database_url, work)
+    return key
 
 
 def _load(
@@ -446,6 +485,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip the (workspace_id, tsv) GIN index variant")  # fmt: skip
     parser.add_argument("--no-http", dest="http", action="store_false",
                         help="skip the gateway HTTP figure")  # fmt: skip
+    parser.add_argument("--keep-dir", type=Path, default=None,
+                        help="data dir to load into and keep; when it is already loaded, reuse "
+                        "it (no COPY, no index builds: a run takes minutes). Sizes must match")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench-results")
     return parser
 

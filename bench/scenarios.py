@@ -18,6 +18,7 @@ class Scenario:
     help: str
     gateway_env: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    key_args: tuple[str, ...] = ()  # extra `cmg key create` arguments for the bench key
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -28,6 +29,14 @@ SCENARIOS: dict[str, Scenario] = {
             "plain forwarding: auth, parse, route, relay; no recall, no capture",
             gateway_env={"CMG_MEMORY_DEFAULT": "off"},
             headers={"X-Memory": "off"},
+        ),
+        Scenario(
+            "limits-on",
+            "memory-off plus per-key RPM and TPM limits (never reached): one Redis Lua check "
+            "per request, TPM estimated with tiktoken and reconciled, x-ratelimit headers",
+            gateway_env={"CMG_MEMORY_DEFAULT": "off"},
+            headers={"X-Memory": "off"},
+            key_args=("--rpm", "100000000", "--tpm", "1000000000"),
         ),
     )
 }

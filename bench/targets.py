@@ -75,7 +75,7 @@ def gateway(upstream: str, scenario: Scenario, logs: Path) -> Iterator[Target]:
         redis = embedded.start_redis(data_dir)
         env["REDIS_URL"] = redis.url
         services = (int((data_dir / "pg" / "postmaster.pid").read_text().split()[0]), redis.pid)
-        key = _prepare(env, logs / "gateway-setup.log")
+        key = _prepare(env, logs / "gateway-setup.log", scenario.key_args)
         port = free_port()
         argv: list[str | Path] = [_cmg(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         server = Service("gateway", argv, log=logs / "gateway.log", cpu=PROXY_CPU, env=env)
@@ -126,13 +126,15 @@ def _gateway_env(scenario: Scenario, upstream: str) -> dict[str, str]:
     return env
 
 
-def _prepare(env: dict[str, str], log: Path) -> str:
+def _prepare(env: dict[str, str], log: Path, key_args: tuple[str, ...] = ()) -> str:
     """Schema, a ``bench`` workspace and key, and the catalog synced from the mock's /models."""
     cmg = _cmg()
     run_step([cmg, "migrate"], env=env, log=log)
     run_step([cmg, "workspace", "create", "bench"], env=env, log=log)
     created = json.loads(
-        run_step([cmg, "key", "create", "--workspace", "bench", "--json"], env=env, log=log)
+        run_step(
+            [cmg, "key", "create", "--workspace", "bench", "--json", *key_args], env=env, log=log
+        )
     )
     run_step([cmg, "catalog", "sync"], env=env, log=log)
     return str(created["key"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.exc import DataError
@@ -12,7 +12,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import admin, deps, embeddings, health, memory_api, metrics, models, usage
 from gateway.chat import chat_completions
@@ -21,6 +22,7 @@ from gateway.observe import Observe
 from gateway.settings import Settings
 
 log = logging.getLogger("cmg.app")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -69,7 +71,49 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.router.redirect_slashes = False  # a stray slash is a JSON 404, not a redirect
-    return Observe(app, log_json=settings.log_format == "json")  # type: ignore[return-value]
+    hot = Direct(app, {("POST", "/v1/chat/completions"): chat_completions})
+    return Observe(hot, log_json=settings.log_format == "json")  # type: ignore[return-value]
+
+
+class Direct:
+    """The hot routes, served without Starlette's middleware stack and route matching.
+
+    Per request Starlette walks two middlewares, an exception-handler wrapper and a regex per
+    route before reaching the endpoint (about a tenth of the gateway's CPU at 1,500 req/s);
+    an exact (method, path) hit goes straight to the endpoint here, with the same error
+    handlers. Everything else falls through to the Starlette app.
+    """
+
+    def __init__(self, app: Starlette, exact: dict[tuple[str, str], Endpoint]) -> None:
+        self.app = app
+        self.exact = exact
+        assert all(  # a direct route is a Starlette route too (405s, listings, tests)
+            any(r.path == path and method in (r.methods or ()) for r in app.routes)  # type: ignore[attr-defined]
+            for method, path in exact
+        )
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.app.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.exact.get((scope.get("method", ""), scope.get("path", "")))
+        if endpoint is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive, send)
+        try:
+            response = await endpoint(request)
+        except GatewayError as exc:
+            response = await _gateway_error(request, exc)
+        except HTTPException as exc:
+            response = await _http_error(request, exc)
+        except DataError as exc:
+            response = await _data_error(request, exc)
+        except Exception as exc:  # the same backstop as Starlette's ServerErrorMiddleware
+            response = await _unexpected(request, exc)
+        await response(scope, receive, send)
 
 
 def app_from_env() -> Starlette:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway import metrics, threads
 from gateway.auth import Caller, authenticate
@@ -26,7 +26,7 @@ from gateway.limits import Admission, Limit
 from gateway.observe import Observation, observation
 from gateway.protocol import ChatRequest, read_body
 from gateway.providers.client import Upstream
-from gateway.streaming import StreamTap, answer, relay
+from gateway.streaming import EventStream, StreamTap, answer, relay
 from gateway.usage import Usage
 from memory.service import Recalled
 from memory.store import message_text
@@ -70,11 +70,8 @@ async def chat_completions(request: Request) -> Response:
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        return StreamingResponse(
-            relay(upstream, StreamTap(), turn.finish_stream),
-            status_code=upstream.response.status,
-            headers=headers,
-            media_type="text/event-stream",
+        return EventStream(
+            relay(upstream, StreamTap(), turn.finish_stream), upstream.response.status, headers
         )
     body, parsed = await read_json(upstream)
     await turn.finish(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -87,6 +88,11 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
         deps.tasks.append(asyncio.create_task(metrics.sample_background(deps)))
+        # Everything loaded so far (models, encodings, SQLAlchemy, routes) lives as long as the
+        # process: out of the collector's sight, a full collection takes milliseconds instead
+        # of ~100 ms stalls every second or two under load.
+        gc.collect()
+        gc.freeze()
         yield deps
     finally:
         for task in deps.tasks:

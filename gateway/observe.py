@@ -9,10 +9,10 @@ logs an API key or message content.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,24 +112,47 @@ class Observe:
 
     def _record(self, obs: Observation, status: int, elapsed: float) -> None:
         provider = obs.provider or "none"
-        metrics.REQUESTS.labels(obs.route, str(status), obs.model or "none", provider).inc()
-        metrics.DURATION.labels(obs.route).observe(elapsed)
+        route = obs.route
+        child = metrics.child
+        child(metrics.REQUESTS, route, str(status), obs.model or "none", provider).inc()
+        child(metrics.DURATION, route).observe(elapsed)
         if obs.upstream_s is not None:
-            metrics.UPSTREAM.labels(provider).observe(obs.upstream_s)
+            child(metrics.UPSTREAM, provider).observe(obs.upstream_s)
             metrics.OVERHEAD.observe(max(0.0, elapsed - obs.upstream_s))
         if obs.ttft_s is not None:
-            metrics.TTFT.labels(provider).observe(obs.ttft_s)
+            child(metrics.TTFT, provider).observe(obs.ttft_s)
         if status == 401 and obs.error_code:
-            metrics.AUTH_FAILURES.labels(obs.error_code).inc()
-        if obs.route in ("metrics", "health"):
+            child(metrics.AUTH_FAILURES, obs.error_code).inc()
+        if route in ("metrics", "health") or not access_log.isEnabledFor(logging.INFO):
             return  # probes are counted, not logged
-        if access_log.isEnabledFor(logging.INFO):
-            line = dict(obs.__dict__)  # flat fields: a shallow copy, not asdict's deep one
-            line.update(status=status, latency_ms=round(elapsed * 1000, 2))
-            for name in ("upstream_s", "ttft_s", "recall_s"):
-                value = line.pop(name)
-                line[name.replace("_s", "_ms")] = None if value is None else round(value * 1000, 2)
+        line = {
+            "request_id": obs.request_id, "route": route, "workspace": obs.workspace,
+            "key_id": obs.key_id, "model": obs.model, "provider": obs.provider,
+            "status": status, "latency_ms": round(elapsed * 1000, 2),
+            "upstream_ms": _ms(obs.upstream_s), "ttft_ms": _ms(obs.ttft_s),
+            "attempts": obs.attempts, "fallback": obs.fallback,
+            "prompt_tokens": obs.prompt_tokens, "completion_tokens": obs.completion_tokens,
+            "cached_tokens": obs.cached_tokens, "cost_usd": obs.cost_usd,
+            "memory_items": obs.memory_items, "memory_tokens": obs.memory_tokens,
+            "recall_ms": _ms(obs.recall_s), "error_code": obs.error_code,
+        }  # fmt: skip
+        handler = _json_handler
+        if handler is None:
             access_log.info("request", extra={"fields": line})
+            return
+        # The JSON formatter's output without a LogRecord: one write, same shape.
+        head = {"ts": round(time.time(), 3), "level": "info", "logger": "cmg.access"}
+        text = orjson.dumps({**head, "msg": "request", **line}).decode()
+        handler.acquire()
+        try:
+            handler.stream.write(text + "\n")
+            handler.flush()
+        finally:
+            handler.release()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def _reject_nul(send: Send) -> None:
@@ -143,7 +166,7 @@ async def _reject_nul(send: Send) -> None:
             "status": 400,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"x-request-id", uuid.uuid4().hex.encode()),
+                (b"x-request-id", os.urandom(16).hex().encode()),
             ],
         }
     )
@@ -157,7 +180,7 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _route(path: str) -> str:
@@ -199,3 +222,12 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    global _json_handler
+    # The access line is written straight to this handler (see Observe._record) as long as
+    # nothing else is attached to the access logger.
+    access = logging.getLogger("cmg.access")
+    plain = fmt == "json" and not access.handlers and access.propagate
+    _json_handler = handler if plain else None
+
+
+_json_handler: logging.StreamHandler | None = None  # type: ignore[type-arg]

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
 from gateway.errors import GatewayError, error_body
@@ -69,6 +71,56 @@ class StreamTap:
 
     def text(self, index: int = 0) -> str:
         return "".join(self.texts.get(index, ()))
+
+
+class EventStream(Response):
+    """An SSE response sent straight over ASGI.
+
+    Starlette's ``StreamingResponse`` runs an anyio task group per response (about a tenth of a
+    core at 800 streams/s); here one plain task waits for the client's disconnect and cancels
+    the relay, whose ``finally`` closes the upstream response.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, events: AsyncIterator[bytes], status_code: int, headers: dict[str, str]
+    ) -> None:
+        self.events = events
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        state = {"left": False, "over": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["over"]:
+                state["left"] = True
+                streaming.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            state["over"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["left"]:
+                raise
+            streaming.uncancel()  # the client left: not an error, the relay's finally cleans up
+        finally:
+            state["over"] = True
+            watcher.cancel()
+            await self.events.aclose()  # type: ignore[attr-defined]
 
 
 def sse_error(message: str, type: str, code: str | None) -> bytes:
