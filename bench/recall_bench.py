@@ -160,8 +160,19 @@ def _load(
     sample = min(args.indexed_sample, stages[-1].size)
     plan = [(w, args.other_size) for w in others] + [(s.workspace, s.size) for s in stages]
     plan[-1] = (plan[-1][0], plan[-1][1] - sample)
+    semantic, model = None, "synthetic-normal-384"
+    if args.vectors == "turns":
+        from memory.embedder import LocalMiniLM
+
+        t0 = time.perf_counter()
+        semantic = synthetic_items.turn_vectors(texts, LocalMiniLM(threads=2).embed)
+        model = "minilm-turn-plus-noise"
+        took = time.perf_counter() - t0
+        notes.append(f"{len(semantic):,} distinct turns embedded (real MiniLM) in {took:.0f} s")
     seconds = sum(
-        synthetic_items.load(conn, w, n, texts, users=args.users, seed=i)
+        synthetic_items.load(
+            conn, w, n, texts, users=args.users, seed=i, model=model, semantic=semantic
+        )
         for i, (w, n) in enumerate(plan)
     )
     rows = sum(n for _, n in plan)
@@ -174,8 +185,9 @@ def _load(
         notes.append(f"`{name}` built over {rows:,} rows in {time.perf_counter() - t0:.1f} s")
     if sample:
         seconds = synthetic_items.load(
-            conn, stages[-1].workspace, sample, texts, users=args.users, seed=len(plan)
-        )
+            conn, stages[-1].workspace, sample, texts, users=args.users, seed=len(plan),
+            model=model, semantic=semantic,
+        )  # fmt: skip
         notes.append(
             f"COPY of {sample:,} more rows into the indexed table: {seconds:.1f} s "
             f"({sample / seconds:,.0f} rows/s, HNSW + GIN maintained on insert)"
@@ -485,9 +497,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip the (workspace_id, tsv) GIN index variant")  # fmt: skip
     parser.add_argument("--no-http", dest="http", action="store_false",
                         help="skip the gateway HTTP figure")  # fmt: skip
+    parser.add_argument("--vectors", choices=("turns", "random"), default="turns",
+                        help="item vectors: the real vector of the item's turn plus noise "
+                        "(turns), or random unit vectors (random)")  # fmt: skip
     parser.add_argument("--keep-dir", type=Path, default=None,
                         help="data dir to load into and keep; when it is already loaded, reuse "
-                        "it (no COPY, no index builds: a run takes minutes). Sizes must match")  # fmt: skip
+                        "it (no COPY, no index builds: minutes, not 20). Same sizes!")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench-results")
     return parser
 

@@ -99,6 +99,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
             task.cancel()
         await asyncio.gather(*deps.tasks, return_exceptions=True)
         await deps.usage.close()
+        await deps.limiter.close()
         await relay.close()
         await providers.close()
         await deps.redis.aclose()

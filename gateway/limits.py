@@ -10,6 +10,7 @@ When Redis is unreachable the limiter fails open by default (counted in a metric
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway import metrics
 from gateway.errors import RateLimited, ServiceUnavailable
@@ -118,11 +119,22 @@ class Admission:
 
 
 class Limiter:
+    """Admits requests through the Lua check; reconciles TPM in the background.
+
+    Every check is one EVALSHA, but concurrent checks share a round trip: the checks asked for
+    in one event-loop turn go out as one pipeline (redis-py's client costs ~100-400 us of CPU per
+    call; a pipeline of eight about a third of that per command). Reconciliations (the real
+    token count minus the estimate) are summed per window and written every
+    ``_RECONCILE_EVERY`` seconds in one pipeline, not one call per request.
+    """
+
     def __init__(self, redis: aioredis.Redis, *, fail_open: bool) -> None:
         self._redis = redis
         self._fail_open = fail_open
-        self._check = redis.register_script(_SCRIPT)
-        self._reconcile = redis.register_script(_RECONCILE)
+        self._check = _Pipelined(redis, _SCRIPT)
+        self._reconcile = _Pipelined(redis, _RECONCILE)
+        self._deltas: dict[tuple[tuple[str, ...], int], int] = {}
+        self._flush_scheduled = False
         self._pending: set[asyncio.Task[Any]] = set()
 
     async def admit(self, limits: tuple[Limit, ...], tokens: int) -> Admission:
@@ -135,7 +147,7 @@ class Limiter:
         for lim in limits:
             args += [lim.rpm, lim.tpm]
         try:
-            result = await self._check(keys=keys, args=args)
+            result = await self._check(keys, args)
         except (RedisError, OSError) as exc:
             return self._unavailable(admission, exc)
         allowed, index, kind, wait_ms = int(result[0]), int(result[1]), result[2], int(result[3])
@@ -166,16 +178,35 @@ class Limiter:
         delta = actual_tokens - admission.tokens
         if delta == 0 or not any(lim.tpm for lim in admission.limits):
             return
-        keys = [f"cmg:rl:{lim.subject}" for lim in admission.limits]
-        task = asyncio.get_running_loop().create_task(self._safe_reconcile(keys, admission, delta))
+        keys = tuple(f"cmg:rl:{lim.subject}" for lim in admission.limits)
+        slot = (keys, admission.charged_at_ms // WINDOW_MS)
+        self._deltas[slot] = self._deltas.get(slot, 0) + delta
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(_RECONCILE_EVERY, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        deltas, self._deltas = self._deltas, {}
+        task = asyncio.get_running_loop().create_task(self._flush(deltas))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _safe_reconcile(self, keys: list[str], admission: Admission, delta: int) -> None:
-        try:
-            await self._reconcile(keys=keys, args=[admission.charged_at_ms, delta])
-        except (RedisError, OSError) as exc:
-            log.warning("rate-limit reconcile failed: %s", type(exc).__name__)
+    async def _flush(self, deltas: dict[tuple[tuple[str, ...], int], int]) -> None:
+        calls = [
+            self._reconcile(list(keys), [window * WINDOW_MS, delta])
+            for (keys, window), delta in deltas.items()
+            if delta
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # a lost correction only makes the next minute's TPM estimate less exact
+            log.warning("rate-limit reconcile failed: %s", type(failed[0]).__name__)
+
+    async def close(self) -> None:
+        if self._deltas:
+            self._start_flush()
+        await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _unavailable(self, admission: Admission, exc: Exception) -> Admission:
         if not self._fail_open:
@@ -184,6 +215,76 @@ class Limiter:
         log.warning("rate limiter unreachable, failing open: %s", type(exc).__name__)
         admission.failed_open = True
         return admission
+
+
+class _Pipelined:
+    """One Lua script; the calls made in one event-loop turn share one pipeline round trip."""
+
+    def __init__(self, redis: aioredis.Redis, script: str) -> None:
+        self._redis = redis
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._queue: list[tuple[list[str], list[int], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, keys: list[str], args: list[int]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._send)
+        self._queue.append((keys, args, future))
+        return await future
+
+    def _send(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._execute(batch)
+            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or flushed
+                await self._redis.script_load(self._script)
+                results = await self._execute(batch)
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # the request went away meanwhile
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _execute(
+        self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        # redis-py's own connection calls (pack, send, read), without its Pipeline object: the
+        # pipeline's bookkeeping costs more than the round trip it saves at this size.
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands(
+                    [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _ in batch]
+                )
+            )
+            results: list[Any] = []
+            for _ in batch:
+                try:
+                    results.append(await connection.read_response())
+                except ResponseError as exc:  # NOSCRIPT, or a script error: that call only
+                    results.append(exc)
+            return results
+        except BaseException:
+            await connection.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+
+
+_RECONCILE_EVERY = 0.2
 
 
 def _duration(seconds: float) -> str:

@@ -82,6 +82,35 @@ def test_tpm_limit_counts_prompt_and_max_tokens(
             )
 
 
+def test_tpm_charge_is_reconciled_with_the_real_usage(
+    gateway: Gateway, http: httpx.Client, tenant: Tenant
+) -> None:
+    """Charged up front: prompt + max_tokens; afterwards only what the provider reported."""
+    admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"tpm_limit": 100_000})
+    with gateway.client(tenant.key) as client:
+        for _ in range(3):  # a minute boundary between the two requests blurs the window
+            minute = int(time.time() // 60)
+            first = client.chat.completions.with_raw_response.create(
+                model="mock/gpt", messages=USER, max_tokens=5000, extra_headers=OFF
+            )
+            actual = first.parse().usage
+            assert actual is not None
+            charged = 100_000 - int(first.headers["x-ratelimit-remaining-tokens"])
+            assert charged > 5000 > actual.total_tokens  # the estimate, not the usage
+            time.sleep(0.6)  # reconciliations are written in batches (every 0.2 s)
+            second = client.chat.completions.with_raw_response.create(
+                model="mock/gpt", messages=USER, max_tokens=5000, extra_headers=OFF
+            )
+            drop = int(first.headers["x-ratelimit-remaining-tokens"]) - int(
+                second.headers["x-ratelimit-remaining-tokens"]
+            )
+            if int(time.time() // 60) == minute:
+                break
+        # the second request's estimate equals the first's, so the drop in what is left is
+        # what the first request holds in the window once reconciled: its real usage
+        assert abs(drop - actual.total_tokens) <= 1, (drop, actual.total_tokens, charged)
+
+
 def test_workspace_limit_applies_across_its_keys(
     gateway: Gateway, http: httpx.Client, tenant: Tenant
 ) -> None:
