@@ -83,11 +83,13 @@ def test_tpm_limit_counts_prompt_and_max_tokens(
 
 
 def test_tpm_charge_is_reconciled_with_the_real_usage(
-    gateway: Gateway, http: httpx.Client, tenant: Tenant
+    gateway: Gateway, http: httpx.Client, tenant: Tenant, services: Services
 ) -> None:
-    """Charged up front: prompt + max_tokens; afterwards only what the provider reported."""
+    """Charged up front: prompt + max_tokens; once reconciled, only what the provider reported."""
+    from redis import Redis
+
     admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"tpm_limit": 100_000})
-    with gateway.client(tenant.key) as client:
+    with gateway.client(tenant.key) as client, Redis.from_url(services.redis_url) as redis:
         for _ in range(3):  # a minute boundary between the two requests blurs the window
             minute = int(time.time() // 60)
             first = client.chat.completions.with_raw_response.create(
@@ -97,18 +99,25 @@ def test_tpm_charge_is_reconciled_with_the_real_usage(
             assert actual is not None
             charged = 100_000 - int(first.headers["x-ratelimit-remaining-tokens"])
             assert charged > 5000 > actual.total_tokens  # the estimate, not the usage
-            time.sleep(0.6)  # reconciliations are written in batches (every 0.2 s)
+            window = f"cmg:rl:key:{tenant.key_id}:{minute}"
+            deadline = time.monotonic() + 20  # reconciliations are written in batches
+            while time.monotonic() < deadline:
+                held = int(redis.hget(window, "t") or 0)  # type: ignore[arg-type]
+                if held != charged:
+                    break
+                time.sleep(0.05)
             second = client.chat.completions.with_raw_response.create(
                 model="mock/gpt", messages=USER, max_tokens=5000, extra_headers=OFF
             )
-            drop = int(first.headers["x-ratelimit-remaining-tokens"]) - int(
-                second.headers["x-ratelimit-remaining-tokens"]
-            )
             if int(time.time() // 60) == minute:
                 break
-        # the second request's estimate equals the first's, so the drop in what is left is
-        # what the first request holds in the window once reconciled: its real usage
-        assert abs(drop - actual.total_tokens) <= 1, (drop, actual.total_tokens, charged)
+    assert held == actual.total_tokens
+    # the second request's estimate equals the first's, so the drop in what is left is what
+    # the first request holds in the window: its real usage
+    drop = int(first.headers["x-ratelimit-remaining-tokens"]) - int(
+        second.headers["x-ratelimit-remaining-tokens"]
+    )
+    assert abs(drop - actual.total_tokens) <= 1, (drop, actual.total_tokens, charged)
 
 
 def test_workspace_limit_applies_across_its_keys(

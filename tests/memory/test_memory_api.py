@@ -21,7 +21,9 @@ def api(
 
 
 def add(http: httpx.Client, tenant: Tenant, *items: dict[str, Any]) -> list[str]:
-    response = api(http, tenant, "POST", "/v1/memory/items?wait=true", json={"items": list(items)}, timeout=60)
+    response = api(
+        http, tenant, "POST", "/v1/memory/items?wait=true", json={"items": list(items)}, timeout=60
+    )
     assert response.status_code == 200, response.text
     assert response.json()["searchable"] is True
     return [d["id"] for d in response.json()["data"]]
