@@ -39,7 +39,7 @@ log = logging.getLogger("cmg.chat")
 
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
-    deps: Deps = request.state.deps
+    deps: Deps = request.scope["state"]["deps"]
     obs = observation(request)
     caller = await authenticate(request, deps.keys)
     obs.workspace, obs.key_id = caller.workspace, caller.key_id
@@ -166,10 +166,10 @@ class Turn:
                 latency_ms=(self.obs.upstream_s or 0.0) * 1000, at=datetime.now(UTC),
             )
         )  # fmt: skip
-        metrics.TOKENS.labels(model, "prompt").inc(prompt)
-        metrics.TOKENS.labels(model, "completion").inc(completion)
+        metrics.child(metrics.TOKENS, model, "prompt").inc(prompt)
+        metrics.child(metrics.TOKENS, model, "completion").inc(completion)
         if cost:
-            metrics.COST.labels(model).inc(cost)
+            metrics.child(metrics.COST, model).inc(cost)
 
 
 def _tokens(

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 
 from gateway import metrics
 from gateway.errors import UpstreamError, UpstreamTimeout, normalise_upstream_error
+from gateway.providers.config import Provider
 from gateway.providers.router import Target
 from gateway.settings import Settings
 
@@ -54,6 +56,7 @@ class ProviderClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._by_provider: dict[int, tuple[Provider, CIMultiDict[str], aiohttp.ClientTimeout]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -74,11 +77,11 @@ class ProviderClient:
         for position, target in enumerate(route):
             payload = request.with_model(target.model).payload()
             if position:
-                metrics.FALLBACKS.labels(target.provider.name).inc()
+                metrics.child(metrics.FALLBACKS, target.provider.name).inc()
             for attempt in range(target.provider.retries + 1):
                 attempts += 1
                 if attempt:
-                    metrics.RETRIES.labels(target.provider.name).inc()
+                    metrics.child(metrics.RETRIES, target.provider.name).inc()
                 try:
                     response = await self._post(target, path, payload)
                 except TimeoutError:
@@ -116,8 +119,8 @@ class ProviderClient:
         try:
             async with session.get(
                 target.provider.base_url + path,
-                headers=_headers(target),
-                timeout=_timeout(target),
+                headers=self._prepared(target.provider)[0],
+                timeout=self._prepared(target.provider)[1],
             ) as response:
                 body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -127,12 +130,18 @@ class ProviderClient:
         return body
 
     async def _post(self, target: Target, path: str, payload: bytes) -> aiohttp.ClientResponse:
+        headers, timeout = self._prepared(target.provider)
         return await self._require_session().post(
-            target.provider.base_url + path,
-            data=payload,
-            headers=_headers(target),
-            timeout=_timeout(target),
+            target.provider.base_url + path, data=payload, headers=headers, timeout=timeout
         )
+
+    def _prepared(self, provider: Provider) -> tuple[CIMultiDict[str], aiohttp.ClientTimeout]:
+        """Headers and timeouts per provider, built once (the provider is kept as the key's
+        owner, so its id cannot be reused while cached)."""
+        hit = self._by_provider.get(id(provider))
+        if hit is None:
+            hit = self._by_provider[id(provider)] = (provider, *_prepare(provider))
+        return hit[1], hit[2]
 
     async def _failure(
         self, target: Target, response: aiohttp.ClientResponse, attempt: int
@@ -181,19 +190,14 @@ class ProviderClient:
 _RETRYABLE = frozenset({429, 500, 502, 503, 504}) | frozenset(range(520, 530))
 
 
-def _headers(target: Target) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", **target.provider.headers}
-    if target.provider.api_key:
-        headers["Authorization"] = f"Bearer {target.provider.api_key}"
-    return headers
-
-
-def _timeout(target: Target) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=target.provider.connect_timeout,
-        sock_read=target.provider.timeout,
+def _prepare(provider: Provider) -> tuple[CIMultiDict[str], aiohttp.ClientTimeout]:
+    headers = CIMultiDict({"Content-Type": "application/json", **provider.headers})
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=provider.connect_timeout, sock_read=provider.timeout
     )
+    return headers, timeout
 
 
 def _retry_after(headers: aiohttp.typedefs.LooseHeaders) -> float | None:
