@@ -40,6 +40,7 @@ class _Explaining:
 async def explain_legs(
     sessions: async_sessionmaker[AsyncSession], filters: recall.Filters, query: str,
     vector: Sequence[float], *, legs: Sequence[str] = ("vector", "lexical"), note: str = "",
+    depth: int = 50,
 ) -> list[str]:  # fmt: skip
     """Key lines of each leg's plan, in ``legs`` order."""
     plans = []
@@ -47,9 +48,9 @@ async def explain_legs(
         async with sessions() as session:
             spy = _Explaining(session)
             if leg == "vector":
-                await recall.vector_leg(spy, filters, [float(x) for x in vector], 50)  # type: ignore[arg-type]
+                await recall.vector_leg(spy, filters, [float(x) for x in vector], depth)  # type: ignore[arg-type]
             else:
-                await recall.lexical_leg(spy, filters, query, 50, recall.DocCounts())  # type: ignore[arg-type]
+                await recall.lexical_leg(spy, filters, query, depth, recall.DocCounts())  # type: ignore[arg-type]
             await session.rollback()
         for plan in spy.plans:
             keep = [

@@ -24,12 +24,13 @@ import numpy as np
 
 from bench import recall_score
 from bench.conversations import Question
+from gateway.settings import Settings
 from memory import recall
 
 RATIOS = (0.5, 1.0, 1.5, 2.0, 3.0)  # W_VECTOR with W_LEXICAL = 1
 KS = (1, 5, 10, 30, 60)
 FRACTIONS = (recall._COMMON_FRACTION, 0.1, 0.05, 0.02)  # the first is the current one
-DEPTHS = (20, 50, 100)  # candidates per leg (the gateway's CMG_MEMORY_CANDIDATES: 50)
+DEPTHS = (20, 30, 50, 100)  # candidates per leg (the gateway's CMG_MEMORY_CANDIDATES: 20)
 QUERY_FORMS: dict[str, Callable[[str], str]] = {
     "bare question (now)": lambda q: q,
     "`user: ` + question": lambda q: f"user: {q}",
@@ -37,9 +38,11 @@ QUERY_FORMS: dict[str, Callable[[str], str]] = {
 LEGS = {"vector-only": ("vector",), "full-text-only": ("lexical",), "hybrid": ("vector", "lexical")}
 
 Setting = tuple[float, float, int, int, float]  # (w_lexical, w_vector, rrf_k, depth, fraction)
-CURRENT: Setting = (recall.W_LEXICAL, recall.W_VECTOR, recall.RRF_K, 50, recall._COMMON_FRACTION)
-# What the report recommends (also measured by bench/recall_bench.py): near the top under both
-# the current and the lower _COMMON_FRACTION, not just at one sharp optimum.
+DEPTH = Settings().memory_candidates
+CURRENT: Setting = (
+    recall.W_LEXICAL, recall.W_VECTOR, recall.RRF_K, DEPTH, recall._COMMON_FRACTION
+)  # fmt: skip
+# The setting shipped before (measured at every depth too): W_VECTOR 1.5, RRF_K 10.
 RECOMMENDED: Setting = (1.0, 1.5, 10, 50, 0.02)
 
 
@@ -122,7 +125,7 @@ async def _report(questions: Sequence[Question], rankings: Any) -> str:
     }
     best = max(grid, key=lambda s: _objective(grid[s]))
     weights_only = max((s for s in grid if s[4] == CURRENT[4]), key=lambda s: _objective(grid[s]))
-    for base in (RECOMMENDED, best, weights_only):
+    for base in (CURRENT, RECOMMENDED, best, weights_only):
         for depth in DEPTHS:
             setting = (*base[:3], depth, base[4])
             if setting not in grid:
@@ -164,10 +167,10 @@ def _render(
     ranked = sorted(grid, key=lambda s: _objective(grid[s]), reverse=True)
     rows = {**legs, f"hybrid {_label(CURRENT)} (current)": grid[CURRENT]}
     rows[f"hybrid {_label(weights_only)} (best, fraction unchanged)"] = grid[weights_only]
-    rows[f"hybrid {_label(RECOMMENDED)} (recommended)"] = grid[RECOMMENDED]
-    rows[f"hybrid {_label((*RECOMMENDED[:3], 20, RECOMMENDED[4]))} (recommended, depth 20)"] = grid[
-        (*RECOMMENDED[:3], 20, RECOMMENDED[4])
-    ]
+    rows[f"hybrid {_label(RECOMMENDED)} (shipped before)"] = grid[RECOMMENDED]
+    rows[f"hybrid {_label((*RECOMMENDED[:3], 20, RECOMMENDED[4]))} (shipped before, depth 20)"] = (
+        grid[(*RECOMMENDED[:3], 20, RECOMMENDED[4])]
+    )
     shown = {CURRENT, weights_only, RECOMMENDED}
     top = [s for s in ranked if s[3] == 50 and s not in shown][:5]
     rows |= {f"hybrid {_label(s)}": grid[s] for s in top}
@@ -201,7 +204,8 @@ def _render(
         "| setting | depth | R@5 | R@10 | MRR |",
         "| --- | --: | --: | --: | --: |",
     ]
-    for base in (RECOMMENDED, best, weights_only):
+    bases = {(*s[:3], s[4]): s for s in (CURRENT, RECOMMENDED, best, weights_only)}
+    for base in bases.values():  # each weighting once, at every depth
         for depth in DEPTHS:
             s = grid[(*base[:3], depth, base[4])]["overall"]
             lines.append(
@@ -211,5 +215,5 @@ def _render(
     lines += ["", "How the query is embedded:", "", recall_score.table(forms), ""]
     lines.append(f"**Best with the current _COMMON_FRACTION: {_label(weights_only)}**  ")
     lines.append(f"**Best overall: {_label(best)}**  ")
-    lines.append(f"**Recommended: {_label(RECOMMENDED)}**")
+    lines.append(f"**Shipped before: {_label(RECOMMENDED)}**")
     return "\n".join(lines) + "\n"

@@ -27,7 +27,8 @@ def resolve_services(settings: Settings) -> Settings:
 
     database_url, redis_url = settings.database_url, settings.redis_url
     if not database_url:
-        database_url = embedded.start_postgres(settings.data_dir).url
+        pg = embedded.start_postgres(settings.data_dir, shared_buffers=settings.pg_shared_buffers)
+        database_url = pg.url
     if not redis_url:
         redis_url = embedded.start_redis(settings.data_dir).url
     return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)

@@ -31,7 +31,7 @@ def up(settings: Settings) -> None:
     stoppers = []
     env = dict(os.environ)
     if not settings.database_url:
-        pg = embedded.start_postgres(settings.data_dir)
+        pg = embedded.start_postgres(settings.data_dir, shared_buffers=settings.pg_shared_buffers)
         stoppers.append(pg.stop)
         env["DATABASE_URL"] = pg.url
     if not settings.redis_url:

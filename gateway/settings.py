@@ -39,6 +39,11 @@ class Settings:
         "",
     )
     redis_url: str = _s("REDIS_URL", "Redis. Unset: embedded redis-server in the data dir.", "")
+    pg_shared_buffers: str = _s(
+        "CMG_PG_SHARED_BUFFERS",
+        "Embedded PostgreSQL's shared_buffers (e.g. 512MB). Unset: a quarter of RAM, at most 2GB.",
+        "",
+    )
     master_key: str = _s(
         "CMG_MASTER_KEY", "Master key for `/admin/*`. Unset: the admin API is closed.", ""
     )
@@ -100,7 +105,7 @@ class Settings:
         0.35,
     )
     memory_candidates: int = _s(
-        "CMG_MEMORY_CANDIDATES", "Candidates per search leg before fusion.", 50
+        "CMG_MEMORY_CANDIDATES", "Candidates per search leg before fusion.", 20
     )
     context_window_default: int = _s(
         "CMG_CONTEXT_WINDOW_DEFAULT", "Context window assumed for models the catalog lacks.", 128000

@@ -8,23 +8,33 @@ commit so new turns are embedded within moments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import context, store
 from memory.embedder import Embedder
-from memory.recall import DocCounts, Filters, Hit, vector_literal
-from memory.recall import search as hybrid_search
+from memory.recall import (
+    DocCounts,
+    Filters,
+    Hit,
+    fuse,
+    lexical_leg,
+    tune_vector_scan,
+    vector_leg,
+    vector_literal,
+)
 from memory.redact import redact
 from memory.schema import MemoryItem
 
+T = TypeVar("T")
 _QUERY_CACHE = 2_000  # ~4.5 KB each as a pgvector literal: ~9 MiB when full
 _SHORT_QUERY_WORDS = 8
 
@@ -76,7 +86,7 @@ class Memory:
         self.embedder = embedder
         self.knobs = knobs
         self.relay = relay
-        self.counts = DocCounts()
+        self.counts = DocCounts(sessions=sessions)
         self._vectors: OrderedDict[str, str] = OrderedDict()
 
     async def embed_query(self, query: str) -> str:
@@ -101,38 +111,46 @@ class Memory:
         window: int,
         reserve: int,
     ) -> Recalled:
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"embed": 0.0}
         started = time.perf_counter()
         turns = store.conversation(messages)
         query = query_text(turns)
-        vector = await self.embed_query(query) if query else None
-        timings["embed"] = time.perf_counter() - started
-        trimmed, dropped = context.fit_window(
-            messages, model, window, reserve + self.knobs.max_tokens
-        )
-        exclude = frozenset(
-            store.content_hash(redact(store.message_text(m), pii=scope.pii)) for m in turns
-        )
-        async with self.sessions() as session:
-            thread = await store.thread_state(session, scope)
-            next_position = thread.next_position if thread is not None else 0
-            summary = None
-            if thread is not None and (dropped or len(turns) < next_position):
-                summary = await _summary(session, scope)
-            hits = []
-            if query:
-                hits = await hybrid_search(
-                    session,
-                    Filters(scope.workspace_id, scope.end_user),
-                    query,
-                    vector,
-                    limit=self.knobs.max_items * 3,
-                    candidates=self.knobs.candidates,
-                    min_similarity=self.knobs.min_similarity,
-                    counts=self.counts,
-                    exclude_hashes=exclude,
-                )
-            await session.rollback()
+        filters = Filters(scope.workspace_id, scope.end_user)
+        depth = self.knobs.candidates
+
+        async def embed() -> str:
+            vector = await self.embed_query(query)
+            timings["embed"] = time.perf_counter() - started
+            return vector
+
+        # While the query is embedded (in a thread), the lexical leg runs on its own connection
+        # and this one reads the thread; only the vector leg waits for the vector.
+        async with (
+            _meanwhile(embed() if query else _nothing()) as vector,
+            _meanwhile(self._lexical(filters, query, depth) if query else _nothing()) as text,
+        ):
+            trimmed, dropped = context.fit_window(
+                messages, model, window, reserve + self.knobs.max_tokens
+            )
+            exclude = frozenset(
+                store.content_hash(redact(store.message_text(m), pii=scope.pii)) for m in turns
+            )
+            async with self.sessions() as session:
+                if query:
+                    await tune_vector_scan(session, depth)
+                thread = await store.thread_state(session, scope)
+                next_position = thread.next_position if thread is not None else 0
+                summary = None
+                if thread is not None and (dropped or len(turns) < next_position):
+                    summary = await _summary(session, scope)
+                by_vector, literal = None, await vector
+                if literal is not None:
+                    by_vector = await vector_leg(session, filters, literal, depth, tuned=True)
+                await session.rollback()
+            hits = fuse(
+                by_vector, await text, limit=self.knobs.max_items * 3,
+                min_similarity=self.knobs.min_similarity, exclude_hashes=exclude,
+            )  # fmt: skip
         if summary is not None:
             hits = [h for h in hits if h.id != summary.id]
         injected = context.choose(
@@ -180,14 +198,46 @@ class Memory:
         self, filters: Filters, query: str, k: int,
         legs: tuple[str, ...] = ("vector", "lexical"),
     ) -> list[Hit]:  # fmt: skip
-        vector = await self.embed_query(query) if "vector" in legs else None
+        depth = max(self.knobs.candidates, k)
+        embedding = self.embed_query(query) if "vector" in legs else _nothing()
+        lexical = (
+            self._lexical(filters, query, depth) if "lexical" in legs and query.strip() else None
+        )
+        # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
+        # connection, and this one opens the vector leg's transaction.
+        async with _meanwhile(embedding) as vector, _meanwhile(lexical or _nothing()) as text:
+            by_vector = None
+            if "vector" in legs:
+                async with self.sessions() as session:
+                    await tune_vector_scan(session, depth)
+                    literal = await vector
+                    assert literal is not None
+                    by_vector = await vector_leg(session, filters, literal, depth, tuned=True)
+                    await session.rollback()
+            return fuse(by_vector, await text, limit=k, min_similarity=-1.0, both=len(legs) > 1)
+
+    async def _lexical(self, filters: Filters, query: str, depth: int) -> list[Hit]:
         async with self.sessions() as session:
-            hits = await hybrid_search(
-                session, filters, query, vector, limit=k, candidates=max(self.knobs.candidates, k),
-                min_similarity=-1.0, counts=self.counts, legs=legs,
-            )  # fmt: skip
+            hits = await lexical_leg(session, filters, query, depth, self.counts)
             await session.rollback()
         return hits
+
+
+@contextlib.asynccontextmanager
+async def _meanwhile(work: Awaitable[T]) -> AsyncIterator[asyncio.Task[T]]:
+    """``work`` as a task running alongside the block; cancelled when the block fails."""
+    task = asyncio.ensure_future(work)
+    try:
+        yield task
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
+async def _nothing() -> None:
+    return None
 
 
 def query_text(turns: Sequence[Any]) -> str:
