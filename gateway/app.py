@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.router.redirect_slashes = False  # a stray slash is a JSON 404, not a redirect
     hot = Direct(app, {("POST", "/v1/chat/completions"): chat_completions})
-    return Observe(hot, log_json=settings.log_format == "json")  # type: ignore[return-value]
+    return Observe(hot)  # type: ignore[return-value]
 
 
 class Direct:

@@ -25,6 +25,7 @@ from gateway.errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("cmg.limits")
 WINDOW_MS = 60_000
+_RECONCILE_EVERY = 0.2  # seconds between writes of the summed TPM corrections
 
 # KEYS[i]: one subject prefix per limit; ARGV: now_ms, tokens, then rpm, tpm per subject.
 # Returns {allowed, subject_index, kind, retry_ms, then per subject: rpm_left, tpm_left}.
@@ -129,7 +130,6 @@ class Limiter:
     """
 
     def __init__(self, redis: aioredis.Redis, *, fail_open: bool) -> None:
-        self._redis = redis
         self._fail_open = fail_open
         self._check = _Pipelined(redis, _SCRIPT)
         self._reconcile = _Pipelined(redis, _RECONCILE)
@@ -282,9 +282,6 @@ class _Pipelined:
             raise
         finally:
             await pool.release(connection)
-
-
-_RECONCILE_EVERY = 0.2
 
 
 def _duration(seconds: float) -> str:

@@ -65,9 +65,8 @@ def observation(request: Request) -> Observation:
 
 
 class Observe:
-    def __init__(self, app: ASGIApp, *, log_json: bool = True) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.log_json = log_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDict
 
 from gateway import metrics
 from gateway.errors import UpstreamError, UpstreamTimeout, normalise_upstream_error
-from gateway.providers.config import Provider
 from gateway.providers.router import Target
 from gateway.settings import Settings
 
@@ -56,7 +54,6 @@ class ProviderClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._by_provider: dict[int, tuple[Provider, CIMultiDict[str], aiohttp.ClientTimeout]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -119,8 +116,8 @@ class ProviderClient:
         try:
             async with session.get(
                 target.provider.base_url + path,
-                headers=self._prepared(target.provider)[0],
-                timeout=self._prepared(target.provider)[1],
+                headers=target.provider.request_headers,
+                timeout=target.provider.client_timeout,
             ) as response:
                 body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -130,18 +127,13 @@ class ProviderClient:
         return body
 
     async def _post(self, target: Target, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        headers, timeout = self._prepared(target.provider)
+        provider = target.provider
         return await self._require_session().post(
-            target.provider.base_url + path, data=payload, headers=headers, timeout=timeout
+            provider.base_url + path,
+            data=payload,
+            headers=provider.request_headers,
+            timeout=provider.client_timeout,
         )
-
-    def _prepared(self, provider: Provider) -> tuple[CIMultiDict[str], aiohttp.ClientTimeout]:
-        """Headers and timeouts per provider, built once (the provider is kept as the key's
-        owner, so its id cannot be reused while cached)."""
-        hit = self._by_provider.get(id(provider))
-        if hit is None:
-            hit = self._by_provider[id(provider)] = (provider, *_prepare(provider))
-        return hit[1], hit[2]
 
     async def _failure(
         self, target: Target, response: aiohttp.ClientResponse, attempt: int
@@ -188,16 +180,6 @@ class ProviderClient:
 
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504}) | frozenset(range(520, 530))
-
-
-def _prepare(provider: Provider) -> tuple[CIMultiDict[str], aiohttp.ClientTimeout]:
-    headers = CIMultiDict({"Content-Type": "application/json", **provider.headers})
-    if provider.api_key:
-        headers["Authorization"] = f"Bearer {provider.api_key}"
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=provider.connect_timeout, sock_read=provider.timeout
-    )
-    return headers, timeout
 
 
 def _retry_after(headers: aiohttp.typedefs.LooseHeaders) -> float | None:

@@ -25,12 +25,16 @@ fast = "groq/llama-3.1-8b-instant"
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
 
 from gateway.settings import Settings
 
@@ -47,6 +51,20 @@ class Provider:
     retries: int = 2
     catalog: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    # Built once per provider (providers are immutable), not once per request.
+    @functools.cached_property
+    def request_headers(self) -> CIMultiDict[str]:
+        headers = CIMultiDict({"Content-Type": "application/json", **self.headers})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    @functools.cached_property
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout, sock_read=self.timeout
+        )
 
 
 @dataclass(frozen=True)
