@@ -8,7 +8,6 @@ deletes the temp dir, failure or not.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -51,7 +50,9 @@ class Stack:
             secret, _ = await workspaces.create_key(session, name)
             return str(workspace.id), secret
 
-        return run_db(self.database_url, work)
+        from memory.db import run_transaction
+
+        return run_transaction(self.database_url, work)
 
     def start_gateway(
         self, *, cpu: int | None = None, extra_env: dict[str, str] | None = None
@@ -163,21 +164,6 @@ class Api:
         self._conn.request(method, path, body=body, headers=self._headers)
         response = self._conn.getresponse()
         return response.status, json.loads(response.read() or b"{}")
-
-
-def run_db(database_url: str, work: Any) -> Any:
-    """``work(session)`` in one committed transaction, on a private event loop."""
-    from memory.db import async_engine, sessionmaker
-
-    async def run() -> Any:
-        engine = async_engine(database_url, pool_size=1)
-        try:
-            async with sessionmaker(engine).begin() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def _worker_command_ready() -> bool:

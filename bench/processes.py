@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -210,3 +211,15 @@ def _cpu_jiffies() -> tuple[int, int]:
         values = [int(x) for x in f.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return sum(values) - idle, sum(values)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every started process is stopped on the way out."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # let the clean-up finish
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)

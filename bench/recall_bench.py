@@ -129,14 +129,14 @@ def _remember_load(keep_dir: Path, small: str, large: str, notes: list[str]) -> 
 
 
 def _new_key(stack: Any, workspace: str) -> str:
-    from bench.memory_stack import run_db
     from gateway import workspaces
+    from memory.db import run_transaction
 
     async def work(session: Any) -> str:
         secret, _ = await workspaces.create_key(session, workspace)
         return secret
 
-    key: str = run_db(stack.database_url, work)
+    key: str = run_transaction(stack.database_url, work)
     return key
 
 

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 
 from bench import hotspots, report, targets
 from bench.harness import OUTSIDE_LIMIT, Harness, Load, Row
-from bench.processes import ServiceFailed, loadavg
+from bench.processes import ServiceFailed, loadavg, stop_on_signals
 from bench.scenarios import SCENARIOS, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     before = loadavg()
     print(f"bench {run_dir.name}: load average {before} on {os.cpu_count()} cores", flush=True)
-    _stop_on_signals()
+    stop_on_signals()
     profile = hotspots.Request(args.profile, run_dir) if args.profile else None
     rows: list[Row] = []
     complete = False
@@ -186,18 +184,6 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "?"
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every started process is stopped on the way out."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # let the clean-up finish
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -55,14 +55,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
 import psutil
 
 from bench.memory_stack import Stack, memory_stack
-from bench.processes import Service, free_port, loadavg, run_step, wait_http
+from bench.processes import Service, free_port, loadavg, run_step, stop_on_signals, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "soak/mock-gpt"
@@ -146,7 +145,7 @@ class Sample:
 
 def main(argv: Sequence[str] | None = None) -> None:
     opts = _parser().parse_args(argv)
-    _stop_on_signals()
+    stop_on_signals()
     logs = opts.results_dir / "soak-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
@@ -249,18 +248,6 @@ def _loop_factory() -> Any:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every started process is stopped on the way out."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # let the clean-up finish
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
 
 
 class Soak:

@@ -101,14 +101,32 @@ fast = "mock/gpt"
     return path
 
 
-def gateway_env(
-    services: Services, mock: MockUpstream, providers: Path, **extra: str
-) -> dict[str, str]:
-    env = {
+def clean_env() -> dict[str, str]:
+    """This process's environment without any gateway setting: a child sees only the test's."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CMG_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
     }
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM a child started with ``start_new_session=True`` and its children; SIGKILL them if
+    they outlive ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def gateway_env(
+    services: Services, mock: MockUpstream, providers: Path, **extra: str
+) -> dict[str, str]:
+    env = clean_env()
     env.update(
         DATABASE_URL=services.database_url,
         REDIS_URL=services.redis_url,
@@ -166,13 +184,7 @@ class Gateway:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, timeout=15)
         self._log.close()
 
 
@@ -218,13 +230,7 @@ def worker(
         _wait_worker_ready(proc, metrics_port, gateway.env["REDIS_URL"])
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         log.close()
 
 

@@ -7,7 +7,6 @@ Items are inserted unembedded with their outbox row in the same transaction (wha
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -27,7 +26,7 @@ from memory.db import sync_engine
 from memory.embedder import LocalMiniLM
 from memory.schema import MemoryItem, Thread, Workspace
 from memory.tokens import count_text
-from tests.conftest import ROOT, Services
+from tests.conftest import ROOT, Services, clean_env
 from workers.outbox import EMBED, drain_sync, record, redis_client
 
 
@@ -74,11 +73,7 @@ def minilm() -> LocalMiniLM:
 
 
 def worker_env(services: Services, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CMG_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
-    }
+    env = clean_env()
     env.update(
         DATABASE_URL=services.database_url,
         REDIS_URL=services.redis_url,

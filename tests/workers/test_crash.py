@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from memory.schema import OutboxRow
-from tests.conftest import ROOT, Services
+from tests.conftest import ROOT, Services, stop_group
 from tests.workers.conftest import (
     add_items,
     embedded_count,
@@ -43,13 +43,7 @@ def running_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 40.0) -> None:
