@@ -6,6 +6,7 @@ crosses real sockets and the real client code; tests drive it with the official 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx2 as httpx
 import openai
+import psycopg
 import pytest
 
 from gateway import embedded, workspaces
@@ -99,6 +101,27 @@ fast = "mock/gpt"
 """
     )
     return path
+
+
+@contextlib.contextmanager
+def own_database(services: Services) -> Iterator[str]:
+    """A migrated database of its own in the session's PostgreSQL (its URL), dropped after.
+
+    The outbox is per database: any gateway's relay pushes every pending row of its database to
+    its own Redis. A test with its own Redis needs its own database too, or the session
+    gateway may push that test's jobs to a Redis no worker of the test listens on.
+    """
+    name = f"cmg_{uuid.uuid4().hex[:10]}"
+    admin = services.database_url.replace("/cmg?", "/postgres?", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = services.database_url.replace("/cmg?", f"/{name}?", 1)
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def clean_env() -> dict[str, str]:

@@ -23,7 +23,15 @@ from sqlalchemy import text
 from gateway import embedded, workspaces
 from memory import migrate
 from memory.db import run_transaction
-from tests.conftest import ROOT, Gateway, Services, gateway_env
+from tests.conftest import (
+    ROOT,
+    Gateway,
+    Services,
+    gateway_env,
+    make_tenant,
+    own_database,
+    stop_group,
+)
 from tests.mock_upstream import MockUpstream
 
 
@@ -155,19 +163,23 @@ def test_gateway_killed_right_after_answering_keeps_the_turn(
     assert _count_messages(own_pg.pg.url, thread) == {thread: 2}
 
 
+@pytest.fixture
+def own_db(services: Services) -> Iterator[str]:
+    with own_database(services) as url:
+        yield url
+
+
 def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
-    services: Services, mock: MockUpstream, providers: Path, tmp_path: Path
+    services: Services, mock: MockUpstream, providers: Path, tmp_path: Path, own_db: str
 ) -> None:
+    database = own_db  # its outbox rows can only reach this test's Redis
     redis = embedded.start_redis(tmp_path / "redis")
     port = redis.port
-    env = gateway_env(
-        services, mock, providers, REDIS_URL=redis.url, CMG_OUTBOX_INTERVAL_SECONDS="0.5"
-    )
+    own = Services(database, redis.url, services.data_dir)
+    env = gateway_env(own, mock, providers, CMG_OUTBOX_INTERVAL_SECONDS="0.5")
     gw = Gateway(env, tmp_path / "gw.log")
     prefix = f"rd-{uuid.uuid4().hex[:6]}-"
-    from tests.conftest import make_tenant
-
-    tenant = make_tenant(services)
+    tenant = make_tenant(own)
     worker = None
     try:
         redis.stop()
@@ -175,9 +187,7 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
             for i in range(5):
                 response = _post(client, tenant.key, f"{prefix}{i}")
                 assert response.status_code == 200, response.text
-        assert _count_messages(services.database_url, prefix) == {
-            f"{prefix}{i}": 2 for i in range(5)
-        }
+        assert _count_messages(database, prefix) == {f"{prefix}{i}": 2 for i in range(5)}
         redis = embedded.start_redis(tmp_path / "redis", port=port)
         worker = subprocess.Popen(
             [sys.executable, "-m", "gateway", "worker"], env=env, cwd=ROOT,
@@ -196,14 +206,13 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
                 )
             )
 
-        while _db(services.database_url, unembedded):
+        while _db(database, unembedded):
             assert time.monotonic() < deadline, (
                 "turns stored while Redis was down were never embedded"
             )
             time.sleep(0.3)
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=20)
+            stop_group(worker)
         gw.stop()
         redis.stop()

@@ -14,19 +14,17 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
 import pytest
 from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import embedded
-from memory import migrate
 from memory.db import sync_engine
 from memory.embedder import LocalMiniLM
 from memory.schema import MemoryItem, Thread, Workspace
 from memory.tokens import count_text
-from tests.conftest import ROOT, Services, clean_env
+from tests.conftest import ROOT, Services, clean_env, own_database
 from workers.outbox import EMBED, drain_sync, record, redis_client
 
 
@@ -37,20 +35,13 @@ def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
     The session gateway's outbox relay and the session worker use the shared ones; here no other
     process pushes our outbox rows or takes our jobs, so tests can assert who ran what.
     """
-    name = f"cmg_workers_{uuid.uuid4().hex[:8]}"
-    admin = services.database_url.replace("/cmg?", "/postgres?", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = services.database_url.replace("/cmg?", f"/{name}?", 1)
-    migrate.upgrade(url)
     data_dir = tmp_path_factory.mktemp("workers-data")
     rd = embedded.start_redis(data_dir)
     try:
-        yield Services(url, rd.url, data_dir)
+        with own_database(services) as url:
+            yield Services(url, rd.url, data_dir)
     finally:
         rd.stop()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
