@@ -18,8 +18,9 @@ COPY gateway/ gateway/
 COPY memory/ memory/
 COPY workers/ workers/
 # A regular (non-editable) install, byte-compiled by pip: the final stage copies only
-# /opt/venv, never /src.
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# /opt/venv, never /src. The local embedder builds its quantised model into the venv here.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -c 'from memory.embedder import LocalMiniLM; LocalMiniLM()'
 
 
 FROM python:3.11-slim-bookworm AS runtime

@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c 'from memory.embedder import LocalMiniLM; LocalMiniLM()'  # builds the int8 model once
 	touch $@
 
 run: venv

@@ -130,6 +130,11 @@ class Settings:
     embedder_threads: int = _s(
         "CMG_EMBEDDER_THREADS", "onnxruntime threads of the local embedder.", 1
     )
+    model_dir: str = _s(
+        "CMG_MODEL_DIR",
+        "Where the local embedder's quantised model is built once (empty: inside the venv).",
+        "",
+    )
     summary_model: str = _s(
         "CMG_SUMMARY_MODEL", "Model that writes thread summaries (unset: extractive summaries).", ""
     )

