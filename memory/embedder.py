@@ -190,7 +190,7 @@ def _load_tokenizer() -> Tokenizer:
 
 
 def default_model_dir() -> Path:
-    """A folder inside the environment the package is installed in (``CMG_MODEL_DIR``: elsewhere)."""
+    """A folder in the environment the package is installed in (``CMG_MODEL_DIR``: elsewhere)."""
     return Path(sys.prefix) / "share" / "cmg-models"
 
 
