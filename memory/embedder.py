@@ -108,7 +108,8 @@ class LocalMiniLM:
         }
         declared = {name: array for name, array in feeds.items() if name in self._inputs}
         hidden = np.asarray(self._session.run(None, declared)[0], dtype=np.float32)
-        return normalise(hidden.mean(axis=1))[0]
+        row: Vectors = normalise(hidden.mean(axis=1))[0]
+        return row
 
 
 class OpenAIEmbedder:

@@ -169,9 +169,7 @@ def test_reembed_clears_vectors_of_other_models_and_queues_them_again(
     assert name is not None
 
     out = cmg(worker_env(stack), "memory", "reembed", "--workspace", name).stdout
-    assert (
-        out.strip() == f"2 memory items queued for re-embedding with {LOCAL_MODEL}"
-    )
+    assert out.strip() == f"2 memory items queued for re-embedding with {LOCAL_MODEL}"
 
     with Session(db) as session:
         cleared = session.scalars(
