@@ -228,57 +228,54 @@ def _prewarm(conn: psycopg.Connection) -> str:
 
 
 async def _in_process(database_url: str, stage: Stage, args: argparse.Namespace) -> None:
-    from memory.db import async_engine, sessionmaker
+    from memory.db import ReadPool
     from memory.embedder import LocalMiniLM
 
-    engine = async_engine(database_url, pool_size=4)
-    sessions = sessionmaker(engine)
+    reads = ReadPool(database_url, pool_size=4)
     embedder = LocalMiniLM(threads=1)
     everyone = recall.Filters(stage.workspace)
     depth = args.candidates
     try:
-        async with sessions() as session:
+        async with reads.connection() as conn:
             t0 = time.perf_counter()
-            await recall.DocCounts().get(session, stage.workspace)
+            await recall.DocCounts().get(conn, stage.workspace)
             stage.counts_ms = (time.perf_counter() - t0) * 1000
         vectors: dict[str, str] = {}
         async for q, timed in _series(stage, "embed only", args):
             vectors[q] = recall.vector_literal((await timed(lambda q=q: _embed(embedder, q)))[0])
-        counts = recall.DocCounts(sessions=sessions)
+        counts = recall.DocCounts(pool=reads)
 
         async def leg(run: Callable[[Any], Awaitable[Any]]) -> Any:
-            async with sessions() as session:
-                result = await run(session)
-                await session.rollback()
-            return result
+            async with reads.connection() as conn:
+                return await run(conn)
 
         async for q, timed in _series(stage, f"vector leg (candidates {depth})", args):
             if q in vectors:
                 await timed(
-                    lambda q=q: leg(lambda s: recall.vector_leg(s, everyone, vectors[q], depth))
+                    lambda q=q: leg(lambda c: recall.vector_leg(c, everyone, vectors[q], depth))
                 )
         async for q, timed in _series(stage, "lexical leg", args):
             await timed(
-                lambda q=q: leg(lambda s: recall.lexical_leg(s, everyone, q, depth, counts))
+                lambda q=q: leg(lambda c: recall.lexical_leg(c, everyone, q, depth, counts))
             )
         knobs = Knobs(max_tokens=1000, max_items=8, min_similarity=0.35, candidates=depth,
                       summary_threshold=2000)  # fmt: skip
-        memory = Memory(sessions, embedder, knobs)  # a fresh query-embedding cache
+        memory = Memory(None, reads, embedder, knobs)  # type: ignore[arg-type]  # reads only
         async for q, timed in _series(stage, HYBRID, args):
             await timed(lambda q=q: memory.search(everyone, q, 10))
         async for q, timed in _series(stage, "hybrid, query vector cached (embed excluded)", args):
             await timed(lambda q=q: memory.search(everyone, q, 10))
-        memory = Memory(sessions, embedder, knobs)
+        memory = Memory(None, reads, embedder, knobs)  # type: ignore[arg-type]  # a fresh cache
         one_user = recall.Filters(stage.workspace, "user-0007")
         async for q, timed in _series(stage, "hybrid, end-user scoped (embed included)", args):
             await timed(lambda q=q: memory.search(one_user, q, 10))
-        stage.agreement = await _agreement(sessions, everyone, stage.queries[:100], depth)
+        stage.agreement = await _agreement(reads, everyone, stage.queries[:100], depth)
         last = stage.queries[-1]
         stage.plans = await explain_legs(
-            sessions, everyone, last, recall_vector(vectors, last), depth=depth
+            reads, everyone, last, recall_vector(vectors, last), depth=depth
         )
     finally:
-        await engine.dispose()
+        await reads.close()
 
 
 HYBRID = "hybrid Memory.search (embed included)"
@@ -289,7 +286,7 @@ def recall_vector(vectors: dict[str, str], query: str) -> list[float]:
 
 
 async def _agreement(
-    sessions: Any, filters: recall.Filters, queries: Sequence[str], depth: int
+    reads: Any, filters: recall.Filters, queries: Sequence[str], depth: int
 ) -> tuple[float, float, int]:
     """How much of exhaustive BM25's top ``depth`` (and top 10) the lexical leg returns.
 
@@ -298,10 +295,9 @@ async def _agreement(
     overlap, top10, asked = [], [], 0
     counts = recall.DocCounts(ttl=3600)
     for q in queries:
-        async with sessions() as session:
-            got = [h.id for h in await recall.lexical_leg(session, filters, q, depth, counts)]
-            best = await _exhaustive_bm25(session, filters, q, depth, counts)
-            await session.rollback()
+        async with reads.connection() as conn:
+            got = [h.id for h in await recall.lexical_leg(conn, filters, q, depth, counts)]
+            best = await _exhaustive_bm25(conn, filters, q, depth, counts)
         if best:
             asked += 1
             overlap.append(len(set(got) & set(best)) / len(best))
@@ -310,26 +306,22 @@ async def _agreement(
 
 
 async def _exhaustive_bm25(
-    session: Any, filters: recall.Filters, query: str, n: int, counts: recall.DocCounts
+    conn: Any, filters: recall.Filters, query: str, n: int, counts: recall.DocCounts
 ) -> list[uuid.UUID]:
-    from sqlalchemy import text
-
     where, params = filters.sql()
-    terms = await recall.query_terms(session, filters, query, counts)
+    terms = await recall.query_terms(conn, filters, query, counts)
     idf, useful, avg_len = terms.idf, terms.useful, terms.avg_len
     if not useful:
         return []
     params["tsq"] = " | ".join(recall._quote_lexeme(lex) for lex in useful)
-    rows = await session.execute(
-        text(
-            f"SELECT id, created_at, tsv::text AS tsv_text FROM memory_items "
-            f"WHERE {where} AND tsv @@ CAST(:tsq AS tsquery)"
-        ),
+    cursor = await conn.execute(
+        f"SELECT id, created_at, tsv::text AS tsv_text FROM memory_items "
+        f"WHERE {where} AND tsv @@ %(tsq)s::tsquery",
         params,
     )
     scored = [
-        (recall._bm25(recall._term_freqs(row.tsv_text), idf, avg_len), row.created_at, row.id)
-        for row in rows
+        (recall._bm25(recall._term_freqs(tsv_text), idf, avg_len), created_at, item_id)
+        for item_id, created_at, tsv_text in await cursor.fetchall()
     ]
     scored.sort(reverse=True)
     return [item_id for _, _, item_id in scored[:n]]
@@ -412,7 +404,7 @@ def render(stages: Sequence[Stage], notes: Sequence[str], args: argparse.Namespa
         f"relaxed_order; {args.candidates} candidates per leg (`CMG_MEMORY_CANDIDATES`); k=10; "
         f"sequential queries; at most {args.series_seconds:g} s per series",
         "- `Memory.search` runs the lexical leg on a second connection while the query is "
-        "embedded, and opens the vector leg's transaction meanwhile",
+        "embedded; the legs use plain psycopg connections in autocommit (`memory.db.ReadPool`)",
         *(f"- {n}" for n in notes),
         "",
         "| items | step | n | p50 ms | p95 ms | p99 ms | mean ms |",

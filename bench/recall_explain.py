@@ -1,8 +1,8 @@
 """EXPLAIN ANALYZE of the two recall legs, as ``memory.recall`` actually issues them.
 
-The legs run against a stand-in session that, before each leg's main ``SELECT``, runs the same
-statement with the same parameters under ``EXPLAIN (ANALYZE, BUFFERS)`` in the same
-transaction (so ``SET LOCAL hnsw.*`` applies), then lets the real statement through.
+The legs run against a stand-in connection that, before each leg's main ``SELECT``, runs the
+same statement with the same parameters under ``EXPLAIN (ANALYZE, BUFFERS)`` on the same
+connection (so the leg's ``hnsw.*`` settings apply), then lets the real statement through.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from memory import recall
+from memory.db import ReadPool
 
 _KEY = ("Scan", "Limit", "Sort", "Filter", "Rows Removed", "Index Cond", "Recheck",
         "Heap Blocks", "Buffers", "Planning Time", "Execution Time", "JIT", "Functions",
@@ -25,33 +23,31 @@ _VECTOR = re.compile(r"'\[[-0-9.e,]+\]'")
 
 
 class _Explaining:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
         self.plans: list[str] = []
 
-    async def execute(self, statement: Any, params: Any = None) -> Any:
-        sql = getattr(statement, "text", "")
+    async def execute(self, sql: str, params: Any = None) -> Any:
         if sql.startswith(f"SELECT {recall._COLUMNS}"):
-            rows = await self._session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql), params)
-            self.plans.append("\n".join(str(r[0]) for r in rows))
-        return await self._session.execute(statement, params)
+            cursor = await self._conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+            self.plans.append("\n".join(str(r[0]) for r in await cursor.fetchall()))
+        return await self._conn.execute(sql, params)
 
 
 async def explain_legs(
-    sessions: async_sessionmaker[AsyncSession], filters: recall.Filters, query: str,
+    reads: ReadPool, filters: recall.Filters, query: str,
     vector: Sequence[float], *, legs: Sequence[str] = ("vector", "lexical"), note: str = "",
     depth: int = 50,
 ) -> list[str]:  # fmt: skip
     """Key lines of each leg's plan, in ``legs`` order."""
     plans = []
     for leg in legs:
-        async with sessions() as session:
-            spy = _Explaining(session)
+        async with reads.connection() as conn:
+            spy = _Explaining(conn)
             if leg == "vector":
                 await recall.vector_leg(spy, filters, [float(x) for x in vector], depth)  # type: ignore[arg-type]
             else:
                 await recall.lexical_leg(spy, filters, query, depth, recall.DocCounts())  # type: ignore[arg-type]
-            await session.rollback()
         for plan in spy.plans:
             keep = [
                 _VECTOR.sub("'[384 floats]'", line)

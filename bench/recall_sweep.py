@@ -54,17 +54,17 @@ class _Legs:
         self.lexical_leg = recall.lexical_leg
         self.cache: dict[tuple[Any, ...], list[recall.Hit]] = {}
 
-    async def vector(self, session: Any, filters: recall.Filters, vector: Any, n: int) -> Any:
+    async def vector(self, conn: Any, filters: recall.Filters, vector: Any, n: int) -> Any:
         key = ("v", filters, np.asarray(vector, dtype=np.float32).tobytes(), n)
         if key not in self.cache:
-            self.cache[key] = await self.vector_leg(session, filters, vector, n)
+            self.cache[key] = await self.vector_leg(conn, filters, vector, n)
         return [copy.copy(h) for h in self.cache[key]]
 
-    async def lexical(self, session: Any, filters: recall.Filters, query: str, n: int,
+    async def lexical(self, conn: Any, filters: recall.Filters, query: str, n: int,
                       counts: recall.DocCounts) -> Any:  # fmt: skip
         key = ("l", filters, query, n, recall._COMMON_FRACTION)
         if key not in self.cache:
-            self.cache[key] = await self.lexical_leg(session, filters, query, n, counts)
+            self.cache[key] = await self.lexical_leg(conn, filters, query, n, counts)
         return [copy.copy(h) for h in self.cache[key]]
 
 
@@ -73,14 +73,13 @@ def run(database_url: str, workspace_id: str, questions: Sequence[Question]) -> 
 
 
 async def _run(database_url: str, workspace_id: str, questions: Sequence[Question]) -> str:
-    from memory.db import async_engine, sessionmaker
+    from memory.db import ReadPool
     from memory.embedder import LocalMiniLM
 
     embedder = LocalMiniLM(threads=1)
     texts = [q.text for q in questions]
     vectors = {name: embedder.embed([form(t) for t in texts]) for name, form in QUERY_FORMS.items()}
-    engine = async_engine(database_url, pool_size=2)
-    sessions = sessionmaker(engine)
+    reads = ReadPool(database_url, pool_size=2)
     counts = recall.DocCounts(ttl=3600)
     legs = _Legs()
     saved = (recall.vector_leg, recall.lexical_leg, recall.RRF_K, recall.W_LEXICAL, recall.W_VECTOR,
@@ -90,14 +89,13 @@ async def _run(database_url: str, workspace_id: str, questions: Sequence[Questio
     async def rankings(setting: Setting, mode: tuple[str, ...], form: str) -> list[list[str]]:
         recall.W_LEXICAL, recall.W_VECTOR, recall.RRF_K, depth, recall._COMMON_FRACTION = setting
         out = []
-        async with sessions() as session:
+        async with reads.connection() as conn:
             for q, vector in zip(questions, vectors[form], strict=True):
                 hits = await recall.search(
-                    session, recall.Filters(workspace_id, q.user), q.text, vector.tolist(),
+                    conn, recall.Filters(workspace_id, q.user), q.text, vector.tolist(),
                     limit=10, candidates=depth, min_similarity=-1.0, counts=counts, legs=mode,
                 )  # fmt: skip
                 out.append([str(h.metadata.get("key")) for h in hits])
-            await session.rollback()
         return out
 
     try:
@@ -106,7 +104,7 @@ async def _run(database_url: str, workspace_id: str, questions: Sequence[Questio
         recall.vector_leg, recall.lexical_leg = saved[0], saved[1]  # type: ignore[assignment]
         recall.RRF_K, recall.W_LEXICAL, recall.W_VECTOR = saved[2], saved[3], saved[4]
         recall._COMMON_FRACTION = saved[5]
-        await engine.dispose()
+        await reads.close()
 
 
 async def _report(questions: Sequence[Question], rankings: Any) -> str:

@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from sqlalchemy.exc import DataError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -63,12 +65,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={
-            GatewayError: _gateway_error,
-            HTTPException: _http_error,
-            DataError: _data_error,
-            Exception: _unexpected,
-        },
+        exception_handlers=dict(_HANDLERS),
     )
     app.router.redirect_slashes = False  # a stray slash is a JSON 404, not a redirect
     hot = Direct(app, {("POST", "/v1/chat/completions"): chat_completions})
@@ -105,14 +102,9 @@ class Direct:
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
-        except GatewayError as exc:
-            response = await _gateway_error(request, exc)
-        except HTTPException as exc:
-            response = await _http_error(request, exc)
-        except DataError as exc:
-            response = await _data_error(request, exc)
-        except Exception as exc:  # the same backstop as Starlette's ServerErrorMiddleware
-            response = await _unexpected(request, exc)
+        except Exception as exc:  # Starlette's handlers, ServerErrorMiddleware's backstop last
+            handler = next(h for kind, h in _HANDLERS if isinstance(exc, kind))
+            response = await handler(request, exc)
         await response(scope, receive, send)
 
 
@@ -147,7 +139,31 @@ async def _data_error(request: Request, exc: Exception) -> Response:
     return json_error(400, body)
 
 
+async def _database_down(request: Request, exc: Exception) -> Response:
+    """The database went away mid-request (restart, failover): retryable, not a bug."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                type(exc).__name__)  # fmt: skip
+    body = error_body(
+        "the database is unavailable; retry shortly", "server_error", None, "database_unavailable"
+    )
+    return json_error(503, body)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = error_body("the gateway hit an internal error", "server_error", None, "internal_error")
     return json_error(500, body)
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+# Most specific first: the Direct routes take the first match, Starlette the nearest in the MRO.
+_HANDLERS: list[tuple[type[Exception], Handler]] = [
+    (GatewayError, _gateway_error),
+    (HTTPException, _http_error),
+    (DataError, _data_error),
+    (psycopg.DataError, _data_error),
+    (sqlalchemy.exc.OperationalError, _database_down),
+    (sqlalchemy.exc.InterfaceError, _database_down),
+    (psycopg.OperationalError, _database_down),
+    (Exception, _unexpected),
+]

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -109,7 +110,7 @@ async def _recall(deps: Deps, plan: threads.Plan, chat: ChatRequest, served: str
         return await deps.memory.recall(
             plan.scope, chat.messages, model=served, window=window, reserve=_reserve(chat)
         )
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, psycopg.Error, OSError) as exc:
         raise ServiceUnavailable("memory is unavailable; retry, or send X-Memory: off") from exc
 
 

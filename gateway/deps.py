@@ -21,7 +21,7 @@ from gateway.providers.router import Router
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 from gateway.workspaces import KeyRecord, find_key
-from memory.db import async_engine, sessionmaker
+from memory.db import ReadPool, async_engine, sessionmaker
 from memory.service import Knobs, Memory
 from memory.tokens import count_text
 from workers.embedding import embedder_for
@@ -75,7 +75,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
-        memory=Memory(sessions, embedder, knobs, relay),
+        memory=Memory(sessions, ReadPool(settings.database_url), embedder, knobs, relay),
         limiter=Limiter(redis, fail_open=settings.ratelimit_fail_open),
         usage=UsageRecorder(sessions, settings.usage_flush_seconds),
     )
@@ -103,4 +103,5 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         await relay.close()
         await providers.close()
         await deps.redis.aclose()
+        await deps.memory.reads.close()
         await engine.dispose()

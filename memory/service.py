@@ -2,7 +2,8 @@
 
 One ``Memory`` per gateway process, built in the lifespan. It owns the query-embedding cache
 (embedding runs in a worker thread, off the event loop) and calls the outbox relay after each
-commit so new turns are embedded within moments.
+commit so new turns are embedded within moments. Recall reads through ``reads`` (plain psycopg,
+autocommit: ``memory.recall``); the turn is written through SQLAlchemy ``sessions``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import context, store
+from memory.db import ReadPool
 from memory.embedder import Embedder
 from memory.recall import (
     DocCounts,
@@ -27,12 +27,11 @@ from memory.recall import (
     Hit,
     fuse,
     lexical_leg,
-    tune_vector_scan,
+    thread_context,
     vector_leg,
     vector_literal,
 )
 from memory.redact import redact
-from memory.schema import MemoryItem
 
 T = TypeVar("T")
 _QUERY_CACHE = 2_000  # ~4.5 KB each as a pgvector literal: ~9 MiB when full
@@ -78,15 +77,17 @@ class Memory:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        reads: ReadPool,
         embedder: Embedder,
         knobs: Knobs,
         relay: Relay | None = None,
     ) -> None:
         self.sessions = sessions
+        self.reads = reads
         self.embedder = embedder
         self.knobs = knobs
         self.relay = relay
-        self.counts = DocCounts(sessions=sessions)
+        self.counts = DocCounts(pool=reads)
         self._vectors: OrderedDict[str, str] = OrderedDict()
 
     async def embed_query(self, query: str) -> str:
@@ -124,7 +125,7 @@ class Memory:
             return vector
 
         # While the query is embedded (in a thread), the lexical leg runs on its own connection
-        # and this one reads the thread; only the vector leg waits for the vector.
+        # and this one reads the thread and its summary; only the vector leg waits for the vector.
         async with (
             _meanwhile(embed() if query else _nothing()) as vector,
             _meanwhile(self._lexical(filters, query, depth) if query else _nothing()) as text,
@@ -135,18 +136,17 @@ class Memory:
             exclude = frozenset(
                 store.content_hash(redact(store.message_text(m), pii=scope.pii)) for m in turns
             )
-            async with self.sessions() as session:
-                if query:
-                    await tune_vector_scan(session, depth)
-                thread = await store.thread_state(session, scope)
-                next_position = thread.next_position if thread is not None else 0
-                summary = None
-                if thread is not None and (dropped or len(turns) < next_position):
-                    summary = await _summary(session, scope)
+            async with self.reads.connection() as conn:
+                next_position, summary = 0, None
+                if scope.thread_id is not None:
+                    next_position, summary = await thread_context(
+                        conn, scope.workspace_id, scope.thread_id
+                    )
+                if not (dropped or len(turns) < next_position):
+                    summary = None  # the request carries the thread's early history itself
                 by_vector, literal = None, await vector
                 if literal is not None:
-                    by_vector = await vector_leg(session, filters, literal, depth, tuned=True)
-                await session.rollback()
+                    by_vector = await vector_leg(conn, filters, literal, depth)
             hits = fuse(
                 by_vector, await text, limit=self.knobs.max_items * 3,
                 min_similarity=self.knobs.min_similarity, exclude_hashes=exclude,
@@ -204,23 +204,19 @@ class Memory:
             self._lexical(filters, query, depth) if "lexical" in legs and query.strip() else None
         )
         # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
-        # connection, and this one opens the vector leg's transaction.
+        # connection.
         async with _meanwhile(embedding) as vector, _meanwhile(lexical or _nothing()) as text:
             by_vector = None
             if "vector" in legs:
-                async with self.sessions() as session:
-                    await tune_vector_scan(session, depth)
-                    literal = await vector
-                    assert literal is not None
-                    by_vector = await vector_leg(session, filters, literal, depth, tuned=True)
-                    await session.rollback()
+                literal = await vector
+                assert literal is not None
+                async with self.reads.connection() as conn:
+                    by_vector = await vector_leg(conn, filters, literal, depth)
             return fuse(by_vector, await text, limit=k, min_similarity=-1.0, both=len(legs) > 1)
 
     async def _lexical(self, filters: Filters, query: str, depth: int) -> list[Hit]:
-        async with self.sessions() as session:
-            hits = await lexical_leg(session, filters, query, depth, self.counts)
-            await session.rollback()
-        return hits
+        async with self.reads.connection() as conn:
+            return await lexical_leg(conn, filters, query, depth, self.counts)
 
 
 @contextlib.asynccontextmanager
@@ -250,22 +246,3 @@ def query_text(turns: Sequence[Any]) -> str:
     if len(users) > 1 and len(query.split()) < _SHORT_QUERY_WORDS:
         query = users[-2] + "\n" + query
     return query[-4000:].replace("\x00", "")
-
-
-async def _summary(session: AsyncSession, scope: store.Scope) -> Hit | None:
-    row = await session.scalar(
-        select(MemoryItem)
-        .where(
-            MemoryItem.workspace_id == uuid.UUID(scope.workspace_id),
-            MemoryItem.thread_id == scope.thread_id,
-            MemoryItem.kind == "summary",
-        )
-        .order_by(MemoryItem.created_at.desc())
-        .limit(1)
-    )
-    if row is None:
-        return None
-    return Hit(
-        row.id, row.kind, row.role, row.thread_id, row.end_user, row.content, row.content_hash,
-        row.token_count, row.meta or {}, row.created_at,
-    )  # fmt: skip

@@ -45,44 +45,44 @@ def test_fusion_ranks_items_both_legs_found_first_and_floors_vector_only_hits() 
     assert fused[0].lexical == 3.0 and fused[0].similarity == 0.9
 
 
-class _Result:
+class _Cursor:
     def __init__(self, row: tuple[int, float]) -> None:
         self._row = row
 
-    def one(self) -> tuple[int, float]:
+    async def fetchone(self) -> tuple[int, float]:
         return self._row
 
 
-class _Session:
+class _Conn:
     def __init__(self, counted: list[int]) -> None:
         self.counted = counted
 
-    async def execute(self, *_: Any) -> _Result:
+    async def execute(self, *_: Any) -> _Cursor:
         self.counted.append(1)
-        return _Result((len(self.counted) * 100, 10.0))
-
-    async def rollback(self) -> None:
-        pass
+        return _Cursor((len(self.counted) * 100, 10.0))
 
 
-def _sessions(counted: list[int]) -> Any:
+class _Reads:
+    """Stands in for ``memory.db.ReadPool``: connections that count their statements."""
+
+    def __init__(self, counted: list[int]) -> None:
+        self.counted = counted
+
     @contextlib.asynccontextmanager
-    async def open_session() -> AsyncIterator[_Session]:
-        yield _Session(counted)
-
-    return open_session
+    async def connection(self) -> AsyncIterator[_Conn]:
+        yield _Conn(self.counted)
 
 
 def test_expired_document_counts_are_served_while_one_refresh_runs_behind() -> None:
     async def scenario() -> list[tuple[int, float]]:
         counted: list[int] = []
-        counts = DocCounts(ttl=0.0, sessions=_sessions(counted))
-        session: Any = _Session(counted)
-        first = await counts.get(session, WORKSPACE)  # nothing cached: counted now
-        stale = await counts.get(session, WORKSPACE)  # expired: served, refresh started
-        again = await counts.get(session, WORKSPACE)  # the refresh is still pending
+        counts = DocCounts(ttl=0.0, pool=_Reads(counted))  # type: ignore[arg-type]
+        conn: Any = _Conn(counted)
+        first = await counts.get(conn, WORKSPACE)  # nothing cached: counted now
+        stale = await counts.get(conn, WORKSPACE)  # expired: served, refresh started
+        again = await counts.get(conn, WORKSPACE)  # the refresh is still pending
         await asyncio.sleep(0.01)
-        fresh = await counts.get(session, WORKSPACE)
+        fresh = await counts.get(conn, WORKSPACE)
         await asyncio.sleep(0.01)
         return [first, stale, again, fresh]
 
@@ -103,16 +103,12 @@ class _Embedder:
 
 
 def _memory(monkeypatch: pytest.MonkeyPatch, vector_leg: Any, lexical_leg: Any) -> Memory:
-    async def tune(*_: Any) -> None:
-        pass
-
     monkeypatch.setattr(service, "vector_leg", vector_leg)
     monkeypatch.setattr(service, "lexical_leg", lexical_leg)
-    monkeypatch.setattr(service, "tune_vector_scan", tune)
     started = threading.Event()
     knobs = Knobs(max_tokens=100, max_items=4, min_similarity=0.3, candidates=5,
                   summary_threshold=100)  # fmt: skip
-    memory = Memory(_sessions([]), _Embedder(started), knobs)
+    memory = Memory(None, _Reads([]), _Embedder(started), knobs)  # type: ignore[arg-type]
     memory.lexical_started = started  # type: ignore[attr-defined]
     return memory
 
