@@ -76,7 +76,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         providers=providers,
         catalog=Catalog(sessions),
         memory=Memory(sessions, ReadPool(settings.database_url), embedder, knobs, relay),
-        limiter=Limiter(redis, fail_open=settings.ratelimit_fail_open),
+        limiter=Limiter(settings.redis_url, fail_open=settings.ratelimit_fail_open),
         usage=UsageRecorder(sessions, settings.usage_flush_seconds),
     )
     try:

@@ -10,18 +10,17 @@ When Redis is unreachable the limiter fails open by default (counted in a metric
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.scriptpipe import ScriptPipe
 
 log = logging.getLogger("cmg.limits")
 WINDOW_MS = 60_000
@@ -123,16 +122,15 @@ class Limiter:
     """Admits requests through the Lua check; reconciles TPM in the background.
 
     Every check is one EVALSHA, but concurrent checks share a round trip: the checks asked for
-    in one event-loop turn go out as one pipeline (redis-py's client costs ~100-400 us of CPU per
-    call; a pipeline of eight about a third of that per command). Reconciliations (the real
-    token count minus the estimate) are summed per window and written every
-    ``_RECONCILE_EVERY`` seconds in one pipeline, not one call per request.
+    in one event-loop turn go out in one write on a connection of their own
+    (``gateway.scriptpipe``). Reconciliations (the real token count minus the estimate) are
+    summed per window and written every ``_RECONCILE_EVERY`` seconds, not one call per request.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, fail_open: bool) -> None:
+    def __init__(self, redis_url: str, *, fail_open: bool, timeout: float = 1.0) -> None:
         self._fail_open = fail_open
-        self._check = _Pipelined(redis, _SCRIPT)
-        self._reconcile = _Pipelined(redis, _RECONCILE)
+        self._check = ScriptPipe(redis_url, _SCRIPT, timeout=timeout)
+        self._reconcile = ScriptPipe(redis_url, _RECONCILE, timeout=timeout)
         self._deltas: dict[tuple[tuple[str, ...], int], int] = {}
         self._flush_scheduled = False
         self._pending: set[asyncio.Task[Any]] = set()
@@ -207,6 +205,8 @@ class Limiter:
         if self._deltas:
             self._start_flush()
         await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._check.close()
+        await self._reconcile.close()
 
     def _unavailable(self, admission: Admission, exc: Exception) -> Admission:
         if not self._fail_open:
@@ -215,73 +215,6 @@ class Limiter:
         log.warning("rate limiter unreachable, failing open: %s", type(exc).__name__)
         admission.failed_open = True
         return admission
-
-
-class _Pipelined:
-    """One Lua script; the calls made in one event-loop turn share one pipeline round trip."""
-
-    def __init__(self, redis: aioredis.Redis, script: str) -> None:
-        self._redis = redis
-        self._script = script
-        self._sha = hashlib.sha1(script.encode()).hexdigest()
-        self._queue: list[tuple[list[str], list[int], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, keys: list[str], args: list[int]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._send)
-        self._queue.append((keys, args, future))
-        return await future
-
-    def _send(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self._execute(batch)
-            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or flushed
-                await self._redis.script_load(self._script)
-                results = await self._execute(batch)
-        except Exception as exc:
-            results = [exc] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # the request went away meanwhile
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def _execute(
-        self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        # redis-py's own connection calls (pack, send, read), without its Pipeline object: the
-        # pipeline's bookkeeping costs more than the round trip it saves at this size.
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_packed_command(
-                connection.pack_commands(
-                    [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _ in batch]
-                )
-            )
-            results: list[Any] = []
-            for _ in batch:
-                try:
-                    results.append(await connection.read_response())
-                except ResponseError as exc:  # NOSCRIPT, or a script error: that call only
-                    results.append(exc)
-            return results
-        except BaseException:
-            await connection.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
 
 
 def _duration(seconds: float) -> str:
