@@ -94,6 +94,7 @@ def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing
     )
     prefix = f"pgr-{uuid.uuid4().hex[:6]}-"
     outcomes: list[tuple[str, int, Any]] = []
+    searches: list[tuple[int, Any]] = []  # the memory API reads the database on every call
     stop = threading.Event()
 
     def traffic() -> None:
@@ -105,6 +106,12 @@ def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing
                 try:
                     response = _post(client, own_pg.key, thread, memory)
                     outcomes.append((thread, response.status_code, response.json()))
+                    if i % 4 == 0:
+                        found = client.get(
+                            "/v1/memory/search", params={"q": "ferry"},
+                            headers={"Authorization": f"Bearer {own_pg.key}"},
+                        )  # fmt: skip
+                        searches.append((found.status_code, found.json()))
                 except httpx.HTTPError as exc:  # a dropped connection is a failure too
                     outcomes.append((thread, -1, repr(exc)))
                 i += 1
@@ -135,6 +142,11 @@ def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing
     for _, status, body in outcomes:
         if status == 503:
             assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert {status for status, _ in searches} == {200, 503}, searches[:3]
+    assert searches[-1][0] == 200
+    for status, body in searches:
+        if status == 503:
+            assert body["error"]["code"] == "database_unavailable"
     # memory-off requests ride through the outage: the key is cached, nothing needs the database
     off_during = [s for t, s, _ in outcomes if int(t.rsplit("-", 1)[1]) % 2 == 1]
     assert all(s == 200 for s in off_during)
