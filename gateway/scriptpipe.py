@@ -45,7 +45,9 @@ class ScriptPipe:
         command = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
         reply = await self._send(command)
         if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            await self._call(b"SCRIPT", b"LOAD", self._script)  # Redis restarted or flushed
+            loaded = await self._send(_pack(b"SCRIPT", b"LOAD", self._script))  # Redis restarted
+            if isinstance(loaded, ResponseError):
+                raise loaded
             reply = await self._send(command)
             if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
                 raise NoScriptError(str(reply))
@@ -57,12 +59,6 @@ class ScriptPipe:
         if self._protocol is not None:
             self._protocol.close(RedisConnectionError("the client was closed"))
             self._protocol = None
-
-    async def _call(self, *args: Any) -> Any:
-        reply = await self._send(_pack(*args))
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
 
     async def _send(self, command: bytes) -> Any:
         loop = asyncio.get_running_loop()

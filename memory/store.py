@@ -164,12 +164,6 @@ async def record_injection(
     )
 
 
-async def thread_state(session: AsyncSession, scope: Scope) -> Thread | None:
-    if scope.thread_id is None:
-        return None
-    return await session.get(Thread, (uuid.UUID(scope.workspace_id), scope.thread_id))
-
-
 async def _lock_thread(session: AsyncSession, scope: Scope) -> Thread:
     workspace = uuid.UUID(scope.workspace_id)
     await session.execute(
