@@ -68,6 +68,9 @@ class Catalog:
             )
         return model
 
+    def knows(self, model_id: str) -> bool:
+        return model_id in self._models
+
     def context_length(self, model_id: str) -> int | None:
         return self._context.get(model_id)
 

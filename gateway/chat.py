@@ -27,6 +27,7 @@ from gateway.limits import Admission, Limit
 from gateway.observe import Observation, observation
 from gateway.protocol import ChatRequest, read_body
 from gateway.providers.client import Upstream
+from gateway.settings import Settings
 from gateway.streaming import EventStream, StreamTap, answer, relay
 from gateway.usage import Usage
 from memory.service import Recalled
@@ -45,9 +46,11 @@ async def chat_completions(request: Request) -> Response:
     caller = await authenticate(request, deps.keys)
     obs.workspace, obs.key_id = caller.workspace, caller.key_id
     chat = ChatRequest.parse(await read_body(request, deps.settings.max_body_bytes))
+    chat.check_caps(*caps_for(caller, deps.settings))
     route = deps.router.route(chat.model)
     deps.catalog.check(route[0])
     obs.model = route[0].served
+    obs.model_label = model_label(deps, route[0].served)
     await deps.usage.check_budget(caller.workspace_id, caller.settings.get("monthly_budget_usd"))
     limits = limits_for(caller)
     admission = await deps.limiter.admit(limits, _estimate(chat, limits, route[0].served))
@@ -92,11 +95,24 @@ def limits_for(caller: Caller) -> tuple[Limit, ...]:
     return tuple(limits)
 
 
+def caps_for(caller: Caller, settings: Settings) -> tuple[int, int]:
+    """(max ``n``, max completion tokens): the workspace's settings, else the gateway's."""
+    max_n = caller.settings.get("max_n") or settings.max_n
+    max_completion = caller.settings.get("max_completion_tokens") or settings.max_completion_tokens
+    return int(max_n), int(max_completion)
+
+
+def model_label(deps: Deps, served: str) -> str:
+    """The ``model`` of metrics and usage rollups: a catalog or configured id, else ``other``,
+    so client-chosen names never grow the set of series or rollup keys."""
+    return served if deps.catalog.knows(served) or deps.router.configured(served) else "other"
+
+
 def _estimate(chat: ChatRequest, limits: tuple[Limit, ...], model: str) -> int:
-    """Tokens charged up front against TPM: the prompt plus the completion it may produce."""
+    """Tokens charged up front against TPM: the prompt plus every completion it may produce."""
     if not any(lim.tpm for lim in limits):
         return 0
-    return count_messages(chat.messages, model) + _reserve(chat)
+    return count_messages(chat.messages, model) + _reserve(chat) * chat.n
 
 
 def _reserve(chat: ChatRequest) -> int:
@@ -151,6 +167,7 @@ class Turn:
 
     def _account(self, answer_message: dict[str, Any] | None, usage: Any, errored: bool) -> None:
         model = self.obs.model or self.chat.model
+        label = self.obs.model_label or "other"
         prompt, completion, cached, estimated = _tokens(self.chat, answer_message, usage, model)
         price = self.deps.catalog.price(model)
         cost = float(prompt * price[0] + completion * price[1]) if price else 0.0
@@ -160,17 +177,18 @@ class Turn:
         self.deps.usage.add(
             Usage(
                 request_id=self.obs.request_id, workspace_id=self.caller.workspace_id,
-                key_id=self.caller.key_id, model=model, provider=self.obs.provider,
+                key_id=self.caller.key_id, model=model, model_key=label,
+                provider=self.obs.provider,
                 status=599 if errored else self.upstream.response.status,
                 prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
                 estimated=estimated, cost_usd=cost,
                 latency_ms=(self.obs.upstream_s or 0.0) * 1000, at=datetime.now(UTC),
             )
         )  # fmt: skip
-        metrics.child(metrics.TOKENS, model, "prompt").inc(prompt)
-        metrics.child(metrics.TOKENS, model, "completion").inc(completion)
+        metrics.child(metrics.TOKENS, label, "prompt").inc(prompt)
+        metrics.child(metrics.TOKENS, label, "completion").inc(completion)
         if cost:
-            metrics.child(metrics.COST, model).inc(cost)
+            metrics.child(metrics.COST, label).inc(cost)
 
 
 def _tokens(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +21,8 @@ from starlette.responses import Response
 from gateway.auth import Caller, authenticate
 from gateway.deps import Deps
 from gateway.errors import BadRequest, NotFound
-from gateway.protocol import read_body
+from gateway.protocol import ROLES, read_body
+from gateway.threads import THREAD_ID
 from memory import forget, store
 from memory.recall import Filters
 from memory.schema import Injection, MemoryItem, Thread
@@ -29,6 +30,8 @@ from memory.schema import Injection, MemoryItem, Thread
 _KINDS = ("note", "fact", "message")
 _MAX_BATCH = 1000
 _WAIT_SECONDS = 30.0
+# How far ahead of this server's clock a client's created_at may be (clock skew, not the future).
+_FUTURE_SKEW = timedelta(minutes=5)
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -88,12 +91,48 @@ def _new_item(entry: Any, param: str) -> store.NewItem:
     return store.NewItem(
         content=content,
         kind=kind,
-        role=_optional_str(entry, "role", param),
-        thread_id=_optional_str(entry, "thread_id", param),
+        role=_role(entry, param),
+        thread_id=_thread_id(entry, param),
         end_user=_optional_str(entry, "user", param),
         metadata=metadata,
-        created_at=_timestamp(entry.get("created_at"), f"{param}.created_at"),
+        created_at=_created_at(entry.get("created_at"), f"{param}.created_at"),
     )
+
+
+# role and thread_id reach the prompt in each recalled item's header: only known values pass.
+def _role(entry: dict[str, Any], param: str) -> str | None:
+    role = entry.get("role")
+    if role is not None and (not isinstance(role, str) or role not in ROLES):
+        raise BadRequest(
+            f"{param}.role must be one of {', '.join(sorted(ROLES))}",
+            param=f"{param}.role",
+            code="invalid_value",
+        )
+    return role
+
+
+def _thread_id(entry: dict[str, Any], param: str) -> str | None:
+    thread = entry.get("thread_id")
+    if thread is not None and (not isinstance(thread, str) or not THREAD_ID.match(thread)):
+        raise BadRequest(
+            f"{param}.thread_id must be 1-200 characters of letters, digits and ._:-/@ "
+            "(as X-Thread-Id)",
+            param=f"{param}.thread_id",
+            code="invalid_value",
+        )
+    return thread
+
+
+def _created_at(value: Any, param: str) -> datetime | None:
+    created = _timestamp(value, param)
+    if created is not None and created > datetime.now(UTC) + _FUTURE_SKEW:
+        raise BadRequest(
+            f"{param} is in the future (more than {_FUTURE_SKEW.seconds // 60} minutes ahead "
+            "of the server's clock)",
+            param=param,
+            code="invalid_value",
+        )
+    return created
 
 
 def _optional_str(entry: dict[str, Any], name: str, param: str) -> str | None:

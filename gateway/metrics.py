@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus-client). Names and units follow Prometheus conventions.
 
 Labels are bounded: ``route`` is the route template, ``model`` the served model id of a
-routed request (unknown ids become ``unknown``), ``provider`` a configured provider name.
+routed request when the catalog or the providers file knows it (any other id counts as
+``other``; see ``chat.model_label``), ``provider`` a configured provider name.
 With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches on multiprocess mode
 (``cmg serve`` sets it up). Background state (queues, outbox) is sampled by the gateway every
 few seconds and exported as gauges, so scrapes never wait on Redis or Postgres.

@@ -44,6 +44,7 @@ class Observation:
     workspace: str | None = None
     key_id: str | None = None
     model: str | None = None
+    model_label: str | None = None  # ``model`` bounded for metric labels (chat.model_label)
     provider: str | None = None
     upstream_s: float | None = None
     ttft_s: float | None = None
@@ -113,7 +114,7 @@ class Observe:
         provider = obs.provider or "none"
         route = obs.route
         child = metrics.child
-        child(metrics.REQUESTS, route, str(status), obs.model or "none", provider).inc()
+        child(metrics.REQUESTS, route, str(status), obs.model_label or "none", provider).inc()
         child(metrics.DURATION, route).observe(elapsed)
         if obs.upstream_s is not None:
             child(metrics.UPSTREAM, provider).observe(obs.upstream_s)

@@ -1,12 +1,18 @@
 """The request protocol: parse what the gateway needs, keep every other byte untouched.
 
 A ``ChatRequest`` holds the client's raw body and its parsed object. The gateway validates
-only ``model``, ``messages`` and ``stream``; every other field (known or not, ``extra_body``
-included) is forwarded verbatim. When nothing changes, the original bytes are forwarded.
+only ``model``, ``messages`` and ``stream`` (and, once the workspace is known, ``n`` and
+``max_tokens`` against its caps); every other field (known or not, ``extra_body`` included) is
+forwarded verbatim. When nothing changes, the original bytes are forwarded.
+
+``model`` is bounded here, before it reaches any cache, router, token counter or metric: at most
+``MODEL_MAX_LENGTH`` characters of letters, digits and ``._:/@+-~=`` (every provider id we know
+fits; a 1 MB name is a 400, not a cache entry).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +21,11 @@ from starlette.requests import Request
 
 from gateway.errors import BadRequest, BodyTooLarge
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MODEL_MAX_LENGTH = 256
+_MODEL = re.compile(rf"[A-Za-z0-9._:/@+~=\-]{{1,{MODEL_MAX_LENGTH}}}")
+# Completion-size fields a workspace caps (the OpenAI name first, its legacy alias second).
+_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens")
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
@@ -40,6 +50,12 @@ def require_model(body: dict[str, Any]) -> str:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("model must be a non-empty string", param="model", code="invalid_type")
+    if _MODEL.fullmatch(model) is None:  # the message never echoes the (maybe huge) name
+        raise BadRequest(
+            f"model must be 1-{MODEL_MAX_LENGTH} characters of letters, digits and ._:/@+~=-",
+            param="model",
+            code="invalid_value",
+        )
     return model
 
 
@@ -82,6 +98,18 @@ class ChatRequest:
             self.raw, {**self.body, "messages": messages}, self.model, self.stream, True
         )
 
+    @property
+    def n(self) -> int:
+        """Choices asked for (validated by ``check_caps``; 1 when absent)."""
+        n = self.body.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+    def check_caps(self, max_n: int, max_completion: int) -> None:
+        """400 naming the field when ``n`` or a completion-size field is invalid or over cap."""
+        _check_count(self.body.get("n"), "n", max_n)
+        for name in _TOKEN_FIELDS:
+            _check_count(self.body.get(name), name, max_completion)
+
     def payload(self) -> bytes:
         if not self.changed:
             return self.raw
@@ -89,6 +117,17 @@ class ChatRequest:
             return orjson.dumps(self.body)
         except TypeError as exc:  # nested deeper than orjson writes (it reads deeper)
             raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
+
+
+def _check_count(value: Any, param: str, cap: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(f"{param} must be a positive integer", param=param, code="invalid_type")
+    if value > cap:
+        raise BadRequest(
+            f"{param} must be at most {cap} in this workspace", param=param, code="above_cap"
+        )
 
 
 def _check_messages(messages: Any) -> None:
@@ -105,9 +144,9 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise BadRequest(f"{param} must be an object", param=param, code="invalid_type")
         role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(
-                f"{param}.role must be one of {', '.join(sorted(_ROLES))}",
+                f"{param}.role must be one of {', '.join(sorted(ROLES))}",
                 param=f"{param}.role",
                 code="invalid_value",
             )

@@ -57,6 +57,18 @@ class Settings:
     max_body_bytes: int = _s(
         "CMG_MAX_BODY_BYTES", "Largest request body accepted (413 above).", 8 * 1024 * 1024
     )
+    max_n: int = _s(
+        "CMG_MAX_N",
+        "Largest `n` (choices per chat request) a workspace may ask for, unless its `max_n` "
+        "setting says otherwise (400 above).",
+        16,
+    )
+    max_completion_tokens: int = _s(
+        "CMG_MAX_COMPLETION_TOKENS",
+        "Largest `max_tokens` / `max_completion_tokens` a workspace may ask for, unless its "
+        "`max_completion_tokens` setting says otherwise (400 above).",
+        131072,
+    )
     upstream_timeout: float = _s(
         "CMG_UPSTREAM_TIMEOUT", "Seconds to wait for an upstream response (or next chunk).", 600.0
     )

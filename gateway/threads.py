@@ -5,7 +5,10 @@
 - end user: the OpenAI ``user`` field, else ``X-Memory-User``; with one, recall never
   crosses end users;
 - thread: ``X-Thread-Id``, else a stable fingerprint of (workspace, end user, system prompt,
-  first user message), so plain OpenAI clients get threads for free.
+  first user message), so plain OpenAI clients get threads for free. Without an end user the
+  API key id stands in for one: anonymous clients of different keys never share a thread. Only
+  what every turn of a conversation resends (the opening) can go in, or a client resending its
+  history would land in a new thread each turn.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from gateway.auth import Caller
@@ -23,7 +27,7 @@ from gateway.protocol import ChatRequest
 from memory.store import Scope, message_text
 
 MODES = ("on", "off", "read", "write")
-_ID = re.compile(r"^[A-Za-z0-9._:\-/@]{1,200}$")
+THREAD_ID = re.compile(r"[A-Za-z0-9._:\-/@]{1,200}\Z")
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ def plan(request: Request, caller: Caller, chat: ChatRequest, default_mode: str)
     thread = None
     if mode != "off":
         thread = request.headers.get("x-thread-id") or fingerprint(
-            caller.workspace_id, user, chat.messages
+            caller.workspace_id, user, chat.messages, key_id=caller.key_id
         )
-        if not _ID.match(thread):
+        if not THREAD_ID.match(thread):
             raise BadRequest(
                 "X-Thread-Id must be 1-200 characters of letters, digits and ._:-/@",
                 param="X-Thread-Id",
@@ -89,7 +93,9 @@ def plan(request: Request, caller: Caller, chat: ChatRequest, default_mode: str)
     return Plan(mode, Scope(caller.workspace_id, thread, user, pii, facts))
 
 
-def fingerprint(workspace_id: str, user: str | None, messages: list[Any]) -> str:
+def fingerprint(
+    workspace_id: str, user: str | None, messages: list[Any], *, key_id: str | None = None
+) -> str:
     system = "\n".join(
         message_text(m)
         for m in messages
@@ -98,7 +104,11 @@ def fingerprint(workspace_id: str, user: str | None, messages: list[Any]) -> str
     first_user = next(
         (message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"), ""
     )
-    digest = hashlib.sha256(
-        "\x1f".join((workspace_id, user or "", system, first_user)).encode("utf-8", "surrogatepass")
-    ).hexdigest()
+    if user is None:  # per key; a JSON preimage (starts with "[") never equals a per-user one
+        preimage = orjson.dumps(["anonymous", workspace_id, key_id, system, first_user])
+    else:  # per (workspace, user), as it always was
+        preimage = "\x1f".join((workspace_id, user, system, first_user)).encode(
+            "utf-8", "surrogatepass"
+        )
+    digest = hashlib.sha256(preimage).hexdigest()
     return "fp_" + digest[:32]

@@ -32,6 +32,7 @@ from memory.schema import UsageDaily
 log = logging.getLogger("cmg.usage")
 _MAX_BUFFER = 200_000
 _NO_KEY = uuid.UUID(int=0)
+_MODEL_CHARS = 256  # what an event row keeps of the client's model string
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Usage:
     cost_usd: float
     latency_ms: float
     at: datetime
+    # The rollup's model: a catalog/configured id or "other" (``model`` is the client's string,
+    # kept truncated on the event row only), so usage_daily keys stay few and short.
+    model_key: str = "other"
 
 
 class UsageRecorder:
@@ -140,13 +144,14 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
         async with cursor.copy(f"COPY usage_events ({_EVENT_COLUMNS}) FROM STDIN") as copy:
             for u in batch:
                 await copy.write_row(
-                    (u.at, _clean(u.request_id), u.workspace_id, u.key_id, _clean(u.model),
-                     _clean(u.provider), u.status, u.prompt_tokens, u.completion_tokens,
-                     u.cached_tokens, u.estimated, u.cost_usd, u.latency_ms)
+                    (u.at, _clean(u.request_id), u.workspace_id, u.key_id,
+                     _clean(u.model[:_MODEL_CHARS]), _clean(u.provider), u.status,
+                     u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.estimated,
+                     u.cost_usd, u.latency_ms)
                 )  # fmt: skip
     rollup: dict[tuple[date, str, str, str], list[Any]] = {}
     for u in batch:
-        key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model)
+        key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model_key)
         row = rollup.setdefault(key, [0, 0, 0, 0, 0, Decimal(0)])
         row[0] += 1
         row[1] += 1 if u.status >= 400 else 0

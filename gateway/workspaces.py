@@ -104,6 +104,11 @@ WORKSPACE_SETTINGS: dict[str, tuple[str, Any]] = {
     "facts": ("extract durable facts about end users", lambda v: isinstance(v, bool)),
     "rpm": ("requests per minute for the whole workspace (null: none)", lambda v: _limit_ok(v)),
     "tpm": ("tokens per minute for the whole workspace (null: none)", lambda v: _limit_ok(v)),
+    "max_n": ("largest n per chat request (null: CMG_MAX_N)", lambda v: _limit_ok(v)),
+    "max_completion_tokens": (
+        "largest max_tokens / max_completion_tokens (null: CMG_MAX_COMPLETION_TOKENS)",
+        lambda v: _limit_ok(v),
+    ),
     "monthly_budget_usd": (
         "monthly budget in USD (null: none)",
         lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0),

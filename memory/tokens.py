@@ -48,22 +48,13 @@ _IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 _load_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1024)  # model ids come from requests: a capped LRU, not a dict
 def encoding_for_model(model: str) -> tiktoken.Encoding:
     """The encoding for ``model`` (provider prefixes allowed); o200k_base when unknown."""
-    found = _by_model.get(model)
-    if found is not None:
-        return found
     name = _encoding_name(model)
     # lru_cache alone may run a miss twice under concurrency; the lock makes it load once.
     with _load_lock:
-        found = _load_encoding(name)
-    if len(_by_model) >= 4096:  # model ids come from requests: keep the memo bounded
-        _by_model.clear()
-    _by_model[model] = found
-    return found
-
-
-_by_model: dict[str, tiktoken.Encoding] = {}
+        return _load_encoding(name)
 
 
 def count_text(text: str, model: str) -> int:
