@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 SEED = 20261203
-PERSONAS = 40
-SESSIONS = 8
-PAIRS_PER_SESSION = 6  # user + assistant: 12 turns a session, greeting and filler included
+PERSONAS = 30
+SESSIONS = 12
+PAIRS_PER_SESSION = 8  # user + assistant: 16 turns a session, greeting and filler included
 CATEGORIES = ("single-hop", "in-context", "names", "temporal", "multi-hop", "updated")
 ECHO = 0.3  # share of statements whose reply repeats the value (then gold too)
 
@@ -70,7 +70,7 @@ FIRST_NAMES = {
     "he": ["Daniel", "Marco", "Tomasz", "Jonas", "Rafael", "Kwame", "Hugo", "Felix", "Oren",
            "Dmitri", "Lukas", "Mateo", "Idris", "Ravi", "Bruno", "Emil"],
 }  # fmt: skip
-PRONOUNS = {"she": ("She", "her", "her"), "he": ("He", "him", "his")}
+PRONOUNS = {"she": ("She", "her"), "he": ("He", "his")}  # subject, possessive
 RELATIONS = ["colleague", "neighbour", "cousin", "old roommate", "manager", "yoga teacher",
              "brother-in-law", "climbing partner"]  # fmt: skip
 PET_NAMES = ["Waffles", "Biscuit", "Pepper", "Juniper", "Ziggy", "Mochi", "Pickle", "Noodle",
@@ -188,6 +188,12 @@ class _Persona:
     dates: list[datetime]
     statements: list[_Statement] = field(default_factory=list)
     asks: list[_Ask] = field(default_factory=list)
+    people: list[str] = field(default_factory=list)  # they come back in the small talk
+
+    def person(self, gender: str) -> str:
+        name = self.rng.choice([n for n in FIRST_NAMES[gender] if n not in self.people])
+        self.people.append(name)
+        return name
 
     def say(self, session: int, mark: str, fact: str, reply: str, echo: str = "") -> None:
         """One wrapped statement and the assistant's reply (an echo of it, sometimes)."""
@@ -211,7 +217,7 @@ def _single_hop(p: _Persona, n: int) -> None:
     allergen, dish = rng.choice(ALLERGENS)
     km, rent, food, language = rng.randrange(15, 60, 5), rng.randrange(900, 2400, 50), \
         rng.choice(FOODS), rng.choice(LANGUAGES)  # fmt: skip
-    kid, age, day = rng.choice(FIRST_NAMES["she"]), rng.randint(4, 12), rng.randint(2, 28)
+    kid, age, day = p.person("she"), rng.randint(4, 12), rng.randint(2, 28)
     birthday = f"{day} {rng.choice(MONTHS)}"
     facts: list[tuple[str, str, str, str, str]] = [
         ("allergy", f"The doctor confirmed I'm allergic to {allergen}, so no more {dish} for me.",
@@ -272,10 +278,10 @@ def _in_context(p: _Persona, n: int) -> None:
 
 def _names(p: _Persona, n: int) -> None:
     rng = p.rng
-    people = rng.sample([(g, name) for g in sorted(FIRST_NAMES) for name in FIRST_NAMES[g]], n)
-    for i, (gender, name) in enumerate(people):
-        relation = rng.choice(RELATIONS)
-        he, him, his = PRONOUNS[gender]
+    for i in range(n):
+        gender = rng.choice(sorted(FIRST_NAMES))
+        name, relation = p.person(gender), rng.choice(RELATIONS)
+        he, his = PRONOUNS[gender]
         facts = [
             ("moving", f"{he} is moving to {rng.choice(CITIES)} in the autumn to open a "
              f"{rng.choice(BUSINESSES)}.", f"Where is {name} moving to?"),
@@ -292,7 +298,7 @@ def _names(p: _Persona, n: int) -> None:
         intro = rng.choice([f"Had coffee with my {relation} {name} today.",
                             f"You remember {name}, my {relation}?",
                             f"Bumped into {name}, my {relation}, at the station."])  # fmt: skip
-        pairs = [(p.wrap(intro), f"Oh, how is {him} doing?"), (said, rng.choice(ACKS))]
+        pairs = [(p.wrap(intro), f"Oh, how is {he.lower()} doing?"), (said, rng.choice(ACKS))]
         mark = f"names{i}"
         p.statements.append(_Statement(rng.randrange(SESSIONS), pairs, {mark: (1, "user", False)}))
         p.ask("names", f"{fact}:{name}", question, mark)
@@ -307,8 +313,9 @@ def _relative(date: datetime, rng: random.Random) -> tuple[str, datetime]:
         ("Two days ago", 2),
         (f"Last {_WEEKDAYS[weekday]}", back),
         ("Three days ago", 3),
-        (f"On {_WEEKDAYS[weekday]}", back),
     ]
+    if back < 7:  # "on Monday", said on a Monday, would mean today
+        options.append((f"On {_WEEKDAYS[weekday]}", back))
     phrase, days = rng.choice(options)
     return phrase, date - timedelta(days=days)
 
@@ -330,10 +337,10 @@ def _temporal(p: _Persona, n: int) -> None:
 
 def _multi_hop(p: _Persona, n: int) -> None:
     rng = p.rng
-    sister, friend = rng.choice(FIRST_NAMES["she"]), rng.choice(FIRST_NAMES["he"])
-    company, hq, kid = rng.choice(COMPANIES), rng.choice(CITIES), rng.choice(FIRST_NAMES["he"])
+    sister, friend, kid = p.person("she"), p.person("he"), p.person("he")
+    company, hq = rng.choice(COMPANIES), rng.choice(CITIES)
     school, play, did = rng.choice(SCHOOLS), rng.choice(PLAYS), rng.choice(PROFESSIONS)
-    partner, town = rng.choice(FIRST_NAMES["she"]), rng.choice(TOWNS)
+    partner, town = p.person("she"), rng.choice(TOWNS)
     chains: list[tuple[str, tuple[str, str, str], tuple[str, str, str], str]] = [
         ("sister-hq", (f"My sister {sister} just got hired by {company}.",
                        f"Congrats to {sister}!", "Good news for your sister!"),
@@ -428,11 +435,11 @@ def _plan(user: str, rng: random.Random) -> _Persona:
         when += timedelta(days=rng.randrange(6, 21), hours=rng.randrange(-3, 9))
         dates.append(when)
     p = _Persona(user, rng, dates)
-    _single_hop(p, 3)
-    _in_context(p, 4)
-    _names(p, 3)
-    _temporal(p, 3)
-    _multi_hop(p, 2)
+    _single_hop(p, 4)
+    _in_context(p, 5)
+    _names(p, 4)
+    _temporal(p, 4)
+    _multi_hop(p, 3)
     _updated(p)
     return p
 
@@ -444,7 +451,7 @@ def _persona(user: str, rng: random.Random, data: Dataset) -> None:
         thread = f"{user}-s{session}"
         blocks = [s for s in p.statements if s.session == session]
         filler = max(1, PAIRS_PER_SESSION - 1 - sum(len(s.pairs) for s in blocks))
-        blocks += [_Statement(session, [_chatter(rng)], {}) for _ in range(filler)]
+        blocks += [_Statement(session, [pair], {}) for pair in _chatter(p, filler)]
         rng.shuffle(blocks)
         blocks.insert(0, _Statement(session, [rng.choice(GREETINGS)], {}))
         t = 0
@@ -467,5 +474,29 @@ def _persona(user: str, rng: random.Random, data: Dataset) -> None:
         data.questions.append(Question(user, a.category, a.fact, a.text, gold, stale))
 
 
-def _chatter(rng: random.Random) -> Pair:
-    return rng.choice(SMALL_TALK) if rng.random() < 0.5 else _lookalike(rng)
+def _chatter(p: _Persona, n: int) -> list[Pair]:
+    """``n`` different pairs of chatter for one session."""
+    pairs: list[Pair] = []
+    while len(pairs) < n:
+        pair = _chat(p)
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def _chat(p: _Persona) -> Pair:
+    """Small talk, look-alike chatter, or a passing mention of someone the persona knows."""
+    draw = p.rng.random()
+    if draw < 0.35:
+        return p.rng.choice(SMALL_TALK)
+    if draw < 0.65 or not p.people:
+        return _lookalike(p.rng)
+    name = p.rng.choice(p.people)
+    return p.rng.choice([
+        (f"{name} sent me the funniest video today.", "Ha, sounds like a good friend to have."),
+        (f"Seeing {name} this weekend, finally.", "Nice, enjoy the catch-up!"),
+        (f"{name} says hi, by the way.", "Hi back! That's sweet."),
+        (f"{name} has been so busy lately, we barely talk.", "Busy phases pass."),
+        (f"Had a silly argument with {name} about pineapple on pizza.", "The eternal debate!"),
+        (f"{name} is coming over for dinner on Thursday.", "Lovely. Cooking something special?"),
+    ])  # fmt: skip
