@@ -4,6 +4,7 @@
     python -m bench.recall_eval --personas 10   # a smaller synthetic set, faster
     python -m bench.recall_eval --modes hybrid  # the product's search only
     python -m bench.recall_eval --locomo PATH   # another file of the LoCoMo format
+    python -m bench.recall_eval --sets locomo   # one set only (locomo or synthetic)
 
 Two sets, each in a workspace of its own: the LoCoMo dev conversations (``bench/locomo.py``,
 read from ``../shared/data/locomo-dev/``; said and skipped when absent) and the generated set
@@ -67,17 +68,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _sets(args: argparse.Namespace, notes: list[str]) -> list[EvalSet]:
-    sets = []
+    sets: list[EvalSet] = []
     path = args.locomo or locomo.DEFAULT_PATH
-    if locomo.available(path):
+    if "locomo" not in args.sets:
+        pass
+    elif locomo.available(path):
         source = f"`{path.name}` (LoCoMo, CC BY-NC 4.0, dev split)"
         sets.append(EvalSet("LoCoMo dev", locomo.load(path), locomo.SCORED, source))
     else:
         notes.append(f"LoCoMo dev data absent ({path}): measured the synthetic set only")
         print(f"recall-eval: {notes[-1]}", flush=True)
-    source = f"generated (`bench/conversations.py`, seed {conversations.SEED})"
-    synthetic = conversations.build(args.personas)
-    sets.append(EvalSet("synthetic", synthetic, conversations.CATEGORIES, source))
+    if "synthetic" in args.sets:
+        source = f"generated (`bench/conversations.py`, seed {conversations.SEED})"
+        synthetic = conversations.build(args.personas)
+        sets.append(EvalSet("synthetic", synthetic, conversations.CATEGORIES, source))
     return sets
 
 
@@ -280,6 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", type=_modes,
                         default=list(MODES), help="search modes asked over HTTP, comma-separated "
                         f"({','.join(MODES)}); the first is the product")  # fmt: skip
+    parser.add_argument("--sets", type=lambda v: set(v.split(",")), default={"locomo", "synthetic"},
+                        help="which sets, comma-separated (locomo,synthetic)")  # fmt: skip
     parser.add_argument("--locomo", type=Path, default=None,
                         help=f"LoCoMo-format file ({locomo.DEFAULT_PATH})")  # fmt: skip
     parser.add_argument("--batch", type=int, default=200, help="items per POST (200)")
