@@ -198,7 +198,7 @@ class _Persona:
     def say(self, session: int, mark: str, fact: str, reply: str, echo: str = "") -> None:
         """One wrapped statement and the assistant's reply (an echo of it, sometimes)."""
         echoed = bool(echo) and self.rng.random() < ECHO
-        pair = (self.wrap(fact), echo if echoed else reply)
+        pair = (self.wrap(fact), echo[:1].upper() + echo[1:] if echoed else reply)
         self.statements.append(_Statement(session, [pair], {mark: (0, "user", echoed)}))
 
     def wrap(self, fact: str) -> str:

@@ -33,6 +33,7 @@ from bench.memory_stack import Api, Stack, memory_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"hybrid": "product (hybrid)", "vector": "vector leg", "lexical": "full-text leg"}
+SETS = ("locomo", "synthetic")
 BASELINE = "BM25"
 _STALE_OUTBOX_SECONDS = 1.0
 
@@ -70,13 +71,11 @@ def main(argv: list[str] | None = None) -> None:
 def _sets(args: argparse.Namespace, notes: list[str]) -> list[EvalSet]:
     sets: list[EvalSet] = []
     path = args.locomo or locomo.DEFAULT_PATH
-    if "locomo" not in args.sets:
-        pass
-    elif locomo.available(path):
+    if "locomo" in args.sets and locomo.available(path):
         source = f"`{path.name}` (LoCoMo, CC BY-NC 4.0, dev split)"
         sets.append(EvalSet("LoCoMo dev", locomo.load(path), locomo.SCORED, source))
-    else:
-        notes.append(f"LoCoMo dev data absent ({path}): measured the synthetic set only")
+    elif "locomo" in args.sets:
+        notes.append(f"LoCoMo dev data absent ({path}): not measured")
         print(f"recall-eval: {notes[-1]}", flush=True)
     if "synthetic" in args.sets:
         source = f"generated (`bench/conversations.py`, seed {conversations.SEED})"
@@ -281,11 +280,11 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     parser.add_argument("--personas", type=int, default=conversations.PERSONAS,
                         help=f"synthetic personas ({conversations.PERSONAS})")  # fmt: skip
-    parser.add_argument("--modes", type=_modes,
+    parser.add_argument("--modes", type=_names(MODES),
                         default=list(MODES), help="search modes asked over HTTP, comma-separated "
                         f"({','.join(MODES)}); the first is the product")  # fmt: skip
-    parser.add_argument("--sets", type=lambda v: set(v.split(",")), default={"locomo", "synthetic"},
-                        help="which sets, comma-separated (locomo,synthetic)")  # fmt: skip
+    parser.add_argument("--sets", type=_names(SETS), default=list(SETS),
+                        help=f"sets to measure, comma-separated ({','.join(SETS)})")  # fmt: skip
     parser.add_argument("--locomo", type=Path, default=None,
                         help=f"LoCoMo-format file ({locomo.DEFAULT_PATH})")  # fmt: skip
     parser.add_argument("--batch", type=int, default=200, help="items per POST (200)")
@@ -295,11 +294,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _modes(value: str) -> list[str]:
-    modes = [m for m in value.split(",") if m]
-    if not modes or set(modes) - set(MODES):
-        raise argparse.ArgumentTypeError(f"modes: a comma-separated subset of {','.join(MODES)}")
-    return modes
+def _names(allowed: Sequence[str] | dict[str, str]) -> Callable[[str], list[str]]:
+    def parse(value: str) -> list[str]:
+        names = [n for n in value.split(",") if n]
+        if not names or set(names) - set(allowed):
+            raise argparse.ArgumentTypeError(f"a comma-separated subset of {','.join(allowed)}")
+        return names
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 
 from bench import bm25, conversations, recall_score
 from bench.conversations import Question
@@ -59,3 +60,15 @@ def test_recall_counts_each_evidence_group() -> None:
     assert recall_score.reciprocal_rank(q, ["n", "m", "y"]) == 1 / 3
     scores = recall_score.score([q], [["y"]], ["multi-hop"])
     assert scores["overall"].recall[0] == 0.5 and scores["multi-hop"].n == 1
+
+
+def test_eval_says_when_the_locomo_data_is_absent(tmp_path: Path) -> None:
+    from bench import recall_eval
+
+    args = recall_eval._parser().parse_args(
+        ["--locomo", str(tmp_path / "no.json"), "--personas", "1"]
+    )
+    notes: list[str] = []
+    sets = recall_eval._sets(args, notes)
+    assert [s.name for s in sets] == ["synthetic"]
+    assert len(notes) == 1 and "absent" in notes[0]
