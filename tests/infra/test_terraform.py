@@ -110,6 +110,7 @@ def test_module_installs_the_same_nginx_config_the_tests_render(
         tls_cert_path="/etc/letsencrypt/live/gw.example.com/fullchain.pem",
         tls_key_path="/etc/letsencrypt/live/gw.example.com/privkey.pem",
         metrics_allow=["10.0.0.0/24"],
+        admin_allow=["127.0.0.1/32", "::1/128"],
         max_body="8m",
     )
     assert rendered == expected
