@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 import pytest
+from redis import Redis
+from redis.exceptions import AuthenticationError
 
 from gateway import embedded
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, make_tenant
@@ -17,6 +20,7 @@ from tests.gateway.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
 METRICS_TOKEN = "metrics-token-for-tests"
+REDIS_PASSWORD = "redis-password-for-tests"
 USER = [{"role": "user", "content": "count me"}]
 
 
@@ -139,11 +143,16 @@ def closed_gateway(
     providers: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
-    """A gateway with a metrics token, a 1 s memory wait, and a Redis no worker listens on (so
-    nothing it stores gets embedded)."""
-    redis = embedded.start_redis(tmp_path_factory.mktemp("lonely-redis"))
+    """A gateway with a metrics token, a 1 s memory wait and a Redis of its own that requires a
+    password (no worker listens there, so nothing it stores gets embedded). The limiter does
+    not fail open, so a Redis refusing the gateway would show as 503s."""
+    redis = embedded.start_redis(tmp_path_factory.mktemp("locked-redis"))
+    with Redis.from_url(redis.url) as admin:
+        admin.config_set("requirepass", REDIS_PASSWORD)
     env = gateway_env(
-        services, mock, providers, REDIS_URL=redis.url,
+        services, mock, providers,
+        REDIS_URL=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/0",
+        CMG_RATELIMIT_FAIL_OPEN="false",
         CMG_METRICS_TOKEN=METRICS_TOKEN, CMG_MEMORY_WAIT_SECONDS="1",
     )  # fmt: skip
     gw = Gateway(env, tmp_path_factory.mktemp("closed") / "gw.log")
@@ -152,6 +161,19 @@ def closed_gateway(
     finally:
         gw.stop()
         redis.stop()
+
+
+def test_a_redis_with_a_password_serves_limits_and_readiness(
+    closed_gateway: Gateway, services: Services
+) -> None:
+    tenant = make_tenant(services)
+    with httpx.Client(base_url=closed_gateway.url, timeout=10) as http:
+        assert _admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 1})
+        assert _embed(http, tenant).status_code == 200
+        assert assert_error_shape(_search(http, tenant), 429)["code"] == "rate_limit_exceeded"
+        assert http.get("/readyz").json()["checks"]["redis"] == {"ok": True}
+    with pytest.raises(AuthenticationError):  # and it is closed to anyone without it
+        Redis(port=urlsplit(closed_gateway.env["REDIS_URL"]).port).get("x")
 
 
 def test_wait_true_gives_up_at_the_configured_maximum_with_a_clear_answer(
