@@ -26,9 +26,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(
-        "DELETE FROM usage_daily WHERE route <> 'chat'"
-    )  # the old key cannot hold a model under two routes
+    # The old key cannot hold one model under two routes: embeddings rollups go (their
+    # events stay in usage_events until the column is dropped below).
+    op.execute("DELETE FROM usage_daily WHERE route <> 'chat'")
     op.drop_constraint("usage_daily_pkey", "usage_daily", type_="primary")
     op.create_primary_key(
         "usage_daily_pkey", "usage_daily", ["day", "workspace_id", "key_id", "model"]
