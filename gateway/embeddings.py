@@ -51,14 +51,20 @@ async def embeddings(request: Request) -> Response:
 
 
 def input_tokens(value: Any, model: str) -> int:
-    """Tokens of an embeddings ``input``: text by tiktoken, token arrays by their length."""
-    if isinstance(value, str):
-        return count_text(value, model)
-    if not isinstance(value, list):
-        return 0
-    if all(isinstance(v, int) for v in value):
-        return len(value)
-    return sum(input_tokens(v, model) for v in value if isinstance(v, str | list))
+    """Tokens of an embeddings ``input`` (a string, token array, or a list of either): text by
+    tiktoken, token arrays by their length. Other shapes count 0; the provider refuses them."""
+    items = value if isinstance(value, list) and not _is_token_array(value) else [value]
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += count_text(item, model)
+        elif isinstance(item, list) and _is_token_array(item):
+            total += len(item)
+    return total
+
+
+def _is_token_array(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(v, int) for v in value)
 
 
 def _account(

@@ -210,3 +210,16 @@ def test_readyz_says_only_up_or_down(http: httpx.Client) -> None:
         "status": "ready",
         "checks": {"database": {"ok": True}, "redis": {"ok": True}, "embedder": {"ok": True}},
     }
+
+
+def test_embedding_input_tokens_count_every_shape_openai_accepts() -> None:
+    from gateway.embeddings import input_tokens
+
+    assert input_tokens("hello world", "gpt-4o") == 2
+    assert input_tokens(["hello world", "again"], "gpt-4o") == 3
+    assert input_tokens([1, 2, 3], "gpt-4o") == 3
+    assert input_tokens([[1, 2], [3]], "gpt-4o") == 3
+    deep: Any = [1]
+    for _ in range(5000):  # no recursion: odd shapes count nothing, the provider refuses them
+        deep = [deep]
+    assert input_tokens(deep, "gpt-4o") == 0 and input_tokens({"a": 1}, "gpt-4o") == 0
