@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import metrics, threads
+from gateway.admission import admit
 from gateway.auth import Caller, authenticate
 from gateway.deps import Deps
 from gateway.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
-from gateway.limits import Admission, Limit
+from gateway.limits import Admission
 from gateway.observe import Observation, observation
 from gateway.protocol import ChatRequest, read_body
 from gateway.providers.client import Upstream
@@ -51,9 +52,7 @@ async def chat_completions(request: Request) -> Response:
     deps.catalog.check(route[0])
     obs.model = route[0].served
     obs.model_label = model_label(deps, route[0].served)
-    await deps.usage.check_budget(caller.workspace_id, caller.settings.get("monthly_budget_usd"))
-    limits = limits_for(caller)
-    admission = await deps.limiter.admit(limits, _estimate(chat, limits, route[0].served))
+    admission = await admit(deps, caller, lambda: _estimate(chat, route[0].served))
     plan = threads.plan(request, caller, chat, deps.settings.memory_default)
     recalled = await _recall(deps, plan, chat, route[0].served) if plan.read else None
     if recalled is not None:
@@ -85,16 +84,6 @@ async def chat_completions(request: Request) -> Response:
     return Response(body, upstream.response.status, headers, media_type="application/json")
 
 
-def limits_for(caller: Caller) -> tuple[Limit, ...]:
-    limits = []
-    if caller.rpm_limit or caller.tpm_limit:
-        limits.append(Limit(f"key:{caller.key_id}", caller.rpm_limit or 0, caller.tpm_limit or 0))
-    rpm, tpm = caller.settings.get("rpm"), caller.settings.get("tpm")
-    if rpm or tpm:
-        limits.append(Limit(f"ws:{caller.workspace_id}", int(rpm or 0), int(tpm or 0)))
-    return tuple(limits)
-
-
 def caps_for(caller: Caller, settings: Settings) -> tuple[int, int]:
     """(max ``n``, max completion tokens): the workspace's settings, else the gateway's."""
     max_n = caller.settings.get("max_n") or settings.max_n
@@ -108,10 +97,8 @@ def model_label(deps: Deps, served: str) -> str:
     return served if deps.catalog.knows(served) or deps.router.configured(served) else "other"
 
 
-def _estimate(chat: ChatRequest, limits: tuple[Limit, ...], model: str) -> int:
+def _estimate(chat: ChatRequest, model: str) -> int:
     """Tokens charged up front against TPM: the prompt plus every completion it may produce."""
-    if not any(lim.tpm for lim in limits):
-        return 0
     return count_messages(chat.messages, model) + _reserve(chat) * chat.n
 
 

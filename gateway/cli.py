@@ -44,12 +44,14 @@ def _db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from gateway.exposure import check_master_key
     from memory import migrate
 
+    host, port = args.host or settings.host, args.port or settings.port
+    check_master_key(settings.master_key, host)  # before anything starts
     settings = resolve_services(settings)
     if args.migrate or not Settings.from_env().database_url:
         migrate.upgrade(settings.database_url, embedding_dim=settings.embedding_dim)
-    host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
     from gateway.observe import configure_logging
 

@@ -19,7 +19,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    body = await checks(request.state.deps)
+    """Unauthenticated, so only up or down per dependency: no versions, models, errors or timings
+    (``/admin/health``, behind the master key, has those)."""
+    report = await checks(request.state.deps)
+    body = {
+        "status": report["status"],
+        "checks": {name: {"ok": entry["ok"]} for name, entry in report["checks"].items()},
+    }
     return Response(
         orjson.dumps(body), 200 if body["status"] == "ready" else 503, media_type="application/json"
     )

@@ -19,6 +19,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.auth import Caller
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.scriptpipe import ScriptPipe
 
@@ -116,6 +117,17 @@ class Admission:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm_left or 0))
             headers["x-ratelimit-reset-tokens"] = reset
         return headers
+
+
+def limits_for(caller: Caller) -> tuple[Limit, ...]:
+    """The key's own limits and its workspace's: every metered route is charged against both."""
+    limits = []
+    if caller.rpm_limit or caller.tpm_limit:
+        limits.append(Limit(f"key:{caller.key_id}", caller.rpm_limit or 0, caller.tpm_limit or 0))
+    rpm, tpm = caller.settings.get("rpm"), caller.settings.get("tpm")
+    if rpm or tpm:
+        limits.append(Limit(f"ws:{caller.workspace_id}", int(rpm or 0), int(tpm or 0)))
+    return tuple(limits)
 
 
 class Limiter:

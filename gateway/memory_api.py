@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.admission import admit
 from gateway.auth import Caller, authenticate
 from gateway.deps import Deps
 from gateway.errors import BadRequest, NotFound
@@ -29,7 +30,6 @@ from memory.schema import Injection, MemoryItem, Thread
 
 _KINDS = ("note", "fact", "message")
 _MAX_BATCH = 1000
-_WAIT_SECONDS = 30.0
 # How far ahead of this server's clock a client's created_at may be (clock skew, not the future).
 _FUTURE_SKEW = timedelta(minutes=5)
 
@@ -38,25 +38,34 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-async def _caller(request: Request) -> tuple[Deps, Caller]:
+async def _caller(request: Request, *, budget: bool = True) -> tuple[Deps, Caller]:
+    """The caller, charged one request against its rate limits (deletes skip the budget)."""
     deps: Deps = request.state.deps
-    return deps, await authenticate(request, deps.keys)
+    caller = await authenticate(request, deps.keys)
+    await admit(deps, caller, budget=budget)
+    return deps, caller
 
 
 async def add_items(request: Request) -> Response:
     deps, caller = await _caller(request)
     body = _items_body(await read_body(request, deps.settings.max_body_bytes))
     items = [_new_item(entry, f"items[{i}]") for i, entry in enumerate(body)]
+    wait = _wait_seconds(request.query_params.get("wait", ""), deps.settings.memory_wait_seconds)
     pii = bool(caller.settings.get("redact_pii", False))
     async with deps.sessions.begin() as session:
         ids = await store.add_items(session, caller.workspace_id, items, pii=pii)
     deps.memory.kick()
     data = [{"id": str(i), "object": "memory.item"} for i in ids]
-    if request.query_params.get("wait", "").lower() in ("1", "true", "yes"):
-        searchable = await _wait_embedded(deps, caller, ids)
-        return _json(
-            {"object": "list", "data": data, "searchable": searchable}, 200 if searchable else 202
+    if wait:
+        pending = await _wait_embedded(deps, caller, ids, wait)
+        if not pending:
+            return _json({"object": "list", "data": data, "searchable": True}, 200)
+        message = (
+            f"stored; {pending} of {len(ids)} items were not embedded within {wait:g} s "
+            "(they become searchable when the workers catch up)"
         )
+        late = {"searchable": False, "pending": pending, "message": message}
+        return _json({"object": "list", "data": data, **late}, 202)
     return _json({"object": "list", "data": data, "searchable": False}, 201)
 
 
@@ -168,9 +177,26 @@ def _timestamp(value: Any, param: str) -> datetime | None:
     raise BadRequest(f"{param} must be a unix time or an ISO 8601 string", param=param)
 
 
-async def _wait_embedded(deps: Deps, caller: Caller, ids: list[uuid.UUID]) -> bool:
-    deadline = time.monotonic() + _WAIT_SECONDS
-    while time.monotonic() < deadline:
+def _wait_seconds(raw: str, longest: float) -> float:
+    """``wait=true`` waits the longest allowed; ``wait=N`` up to N seconds, never longer."""
+    if raw.lower() in ("1", "true", "yes"):
+        return longest
+    if raw.lower() in ("", "0", "false", "no"):
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest("wait must be true, false or a number of seconds", param="wait")
+    return min(seconds, longest)
+
+
+async def _wait_embedded(deps: Deps, caller: Caller, ids: list[uuid.UUID], wait: float) -> int:
+    """Items of ``ids`` still without a vector once they all have one or ``wait`` s passed."""
+    deadline = time.monotonic() + wait
+    pause = 0.05  # backs off to 0.5 s: a 30 s wait is ~65 queries instead of 600
+    while True:
         async with deps.sessions() as session:
             pending = await session.scalar(
                 select(func.count()).where(
@@ -179,11 +205,12 @@ async def _wait_embedded(deps: Deps, caller: Caller, ids: list[uuid.UUID]) -> bo
                     MemoryItem.embedding.is_(None),
                 )
             )
-        if not pending:
-            return True
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            return int(pending or 0)
         deps.memory.kick()
-        await asyncio.sleep(0.05)
-    return False
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 1.5, 0.5)
 
 
 async def search(request: Request) -> Response:
@@ -212,7 +239,7 @@ async def get_item(request: Request) -> Response:
 
 
 async def delete_item(request: Request) -> Response:
-    deps, caller = await _caller(request)
+    deps, caller = await _caller(request, budget=False)
     async with deps.sessions.begin() as session:
         item = await _item(session, caller, request.path_params["item_id"])
         await forget.forget_items(session, caller.workspace_id, [item.id])
@@ -278,7 +305,7 @@ async def get_thread(request: Request) -> Response:
 
 
 async def delete_thread(request: Request) -> Response:
-    deps, caller = await _caller(request)
+    deps, caller = await _caller(request, budget=False)
     thread_id = request.path_params["thread_id"]
     async with deps.sessions.begin() as session:
         exists = await session.get(Thread, (uuid.UUID(caller.workspace_id), thread_id))
@@ -291,7 +318,7 @@ async def delete_thread(request: Request) -> Response:
 
 
 async def delete_user(request: Request) -> Response:
-    deps, caller = await _caller(request)
+    deps, caller = await _caller(request, budget=False)
     user = request.path_params["user"]
     async with deps.sessions.begin() as session:
         deleted = await forget.forget_where(session, caller.workspace_id, end_user=user)

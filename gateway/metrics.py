@@ -11,6 +11,7 @@ few seconds and exported as gauges, so scrapes never wait on Redis or Postgres.
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
+
+from gateway.errors import Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -147,7 +150,21 @@ def registry() -> CollectorRegistry | None:
 
 
 async def metrics(request: Request) -> Response:
+    """The scrape; with ``CMG_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
+    token = request.state.deps.settings.metrics_token
+    if token and not _bearer_matches(request.headers.get("authorization", ""), token):
+        raise Unauthorized(
+            "/metrics needs 'Authorization: Bearer <CMG_METRICS_TOKEN>'",
+            code="invalid_metrics_token",
+        )
     return Response(generate_latest(registry() or REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 async def sample_background(deps: object, interval: float = 10.0) -> None:

@@ -119,6 +119,16 @@ class Settings:
     memory_candidates: int = _s(
         "CMG_MEMORY_CANDIDATES", "Candidates per search leg before fusion.", 20
     )
+    memory_wait_seconds: float = _s(
+        "CMG_MEMORY_WAIT_SECONDS",
+        "Longest `POST /v1/memory/items?wait=true` waits for embeddings (then 202, `pending`).",
+        30.0,
+    )
+    metrics_token: str = _s(
+        "CMG_METRICS_TOKEN",
+        "When set, `/metrics` on the API port needs `Authorization: Bearer <token>`.",
+        "",
+    )
     context_window_default: int = _s(
         "CMG_CONTEXT_WINDOW_DEFAULT", "Context window assumed for models the catalog lacks.", 128000
     )

@@ -53,6 +53,7 @@ class Usage:
     # The rollup's model: a catalog/configured id or "other" (``model`` is the client's string,
     # kept truncated on the event row only), so usage_daily keys stay few and short.
     model_key: str = "other"
+    route: str = "chat"  # or "embeddings"
 
 
 class UsageRecorder:
@@ -130,7 +131,7 @@ class UsageRecorder:
 
 _EVENT_COLUMNS = (
     "created_at, request_id, workspace_id, key_id, model, provider, status, prompt_tokens, "
-    "completion_tokens, cached_tokens, estimated, cost_usd, latency_ms"
+    "completion_tokens, cached_tokens, estimated, cost_usd, latency_ms, route"
 )
 
 
@@ -147,11 +148,11 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
                     (u.at, _clean(u.request_id), u.workspace_id, u.key_id,
                      _clean(u.model[:_MODEL_CHARS]), _clean(u.provider), u.status,
                      u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.estimated,
-                     u.cost_usd, u.latency_ms)
+                     u.cost_usd, u.latency_ms, u.route)
                 )  # fmt: skip
-    rollup: dict[tuple[date, str, str, str], list[Any]] = {}
+    rollup: dict[tuple[date, str, str, str, str], list[Any]] = {}
     for u in batch:
-        key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model_key)
+        key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model_key, u.route)
         row = rollup.setdefault(key, [0, 0, 0, 0, 0, Decimal(0)])
         row[0] += 1
         row[1] += 1 if u.status >= 400 else 0
@@ -162,15 +163,15 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
     values = [
         {
             "day": day, "workspace_id": uuid.UUID(ws), "key_id": uuid.UUID(key), "model": model,
-            "requests": r[0], "errors": r[1], "prompt_tokens": r[2], "completion_tokens": r[3],
-            "cached_tokens": r[4], "cost_usd": r[5],
+            "route": route, "requests": r[0], "errors": r[1], "prompt_tokens": r[2],
+            "completion_tokens": r[3], "cached_tokens": r[4], "cost_usd": r[5],
         }
-        for (day, ws, key, model), r in sorted(rollup.items())
+        for (day, ws, key, model, route), r in sorted(rollup.items())
     ]  # fmt: skip
     stmt = insert(UsageDaily).values(values)
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["day", "workspace_id", "key_id", "model"],
+            index_elements=["day", "workspace_id", "key_id", "model", "route"],
             set_={
                 name: getattr(UsageDaily, name) + getattr(stmt.excluded, name)
                 for name in ("requests", "errors", "prompt_tokens", "completion_tokens",
@@ -187,8 +188,11 @@ def _clean(value: str | None) -> str | None:
 async def report(
     session: AsyncSession, *, workspace_id: str | None, start: date, end: date, group_by: str
 ) -> list[dict[str, Any]]:
-    """Usage from the daily rollup, grouped by ``day``, ``key`` or ``model``."""
-    column = {"day": UsageDaily.day, "key": UsageDaily.key_id, "model": UsageDaily.model}[group_by]
+    """Usage from the daily rollup, grouped by ``day``, ``key``, ``model`` or ``route``."""
+    column = {
+        "day": UsageDaily.day, "key": UsageDaily.key_id, "model": UsageDaily.model,
+        "route": UsageDaily.route,
+    }[group_by]  # fmt: skip
     query = (
         select(
             column.label("group"),
@@ -231,8 +235,8 @@ def _period(request: Any) -> tuple[date, date, str]:
     except ValueError as exc:
         raise BadRequest("start and end must be dates (YYYY-MM-DD)", param="start") from exc
     group_by = params.get("group_by", "day")
-    if group_by not in ("day", "key", "model"):
-        raise BadRequest("group_by must be day, key or model", param="group_by")
+    if group_by not in ("day", "key", "model", "route"):
+        raise BadRequest("group_by must be day, key, model or route", param="group_by")
     return start, end, group_by
 
 

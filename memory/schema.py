@@ -163,6 +163,7 @@ class UsageEvent(Base):
     estimated: Mapped[bool]
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10))
     latency_ms: Mapped[float]
+    route: Mapped[str] = mapped_column(Text, server_default="chat")
 
 
 class UsageDaily(Base):
@@ -174,6 +175,7 @@ class UsageDaily(Base):
     )
     key_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     model: Mapped[str] = mapped_column(Text, primary_key=True)
+    route: Mapped[str] = mapped_column(Text, primary_key=True, server_default="chat")
     requests: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)

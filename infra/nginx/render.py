@@ -36,7 +36,8 @@ TEMPLATE = HERE / "gateway.conf.tftpl"
 COMPOSE_CONF = HERE / "compose.conf"
 
 # What docker-compose.local.yml runs: two gateway replicas, plain HTTP. Prometheus scrapes
-# each replica directly on the compose network, so /metrics stays closed at the edge.
+# each replica directly on the compose network, so /metrics stays closed at the edge; /admin
+# answers loopback and private addresses only (edit admin_allow here, then re-render).
 COMPOSE_VARS: dict[str, Any] = {
     "upstreams": ["gateway-1:8080", "gateway-2:8080"],
     "listen_port": 80,
@@ -45,6 +46,8 @@ COMPOSE_VARS: dict[str, Any] = {
     "tls_cert_path": "",
     "tls_key_path": "",
     "metrics_allow": [],
+    # nginx sees host clients as the compose bridge's gateway (a private address).
+    "admin_allow": ["127.0.0.1", "::1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
     "max_body": "8m",
 }
 

@@ -117,10 +117,42 @@ def test_prometheus_scrapes_compose_services(config: dict[str, Any]) -> None:
         assert target.split(":")[0] in services, target
 
 
+def _edge_ports(tools: Tools, run: Run, env_text: str, tmp: Path) -> list[tuple[str, str, int]]:
+    env_file = tmp / "edge.env"
+    env_file.write_text(env_text)
+    result = _compose(tools, run, "--env-file", str(env_file), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    ports = json.loads(result.stdout)["services"]["nginx"]["ports"]
+    return [(p.get("host_ip", "0.0.0.0"), str(p["published"]), p["target"]) for p in ports]
+
+
+def test_only_nginx_is_published_and_on_loopback_unless_told(
+    config: dict[str, Any], tools: Tools, run: Run, tmp_path: Path
+) -> None:
+    published = {name: s["ports"] for name, s in config["services"].items() if s.get("ports")}
+    assert set(published) == {"nginx"}  # Prometheus, Postgres, Redis, gateways: network only
+    example = ENV_EXAMPLE.read_text()
+    without_bind = re.sub(r"^CMG_EDGE_BIND=.*$", "", example, flags=re.M)
+    assert _edge_ports(tools, run, without_bind, tmp_path) == [("127.0.0.1", "8080", 80)]
+    opened = re.sub(r"^CMG_EDGE_BIND=.*$", "CMG_EDGE_BIND=0.0.0.0", example, flags=re.M)
+    assert _edge_ports(tools, run, opened, tmp_path) == [("0.0.0.0", "8080", 80)]
+
+
+def test_redis_requires_the_password_every_client_sends(config: dict[str, Any]) -> None:
+    services = config["services"]
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password and password in ENV_EXAMPLE.read_text()
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password  # the healthcheck's
+    for name in (*APP_SERVICES, "migrate"):
+        url = services[name]["environment"]["REDIS_URL"]
+        assert url == f"redis://:{password}@redis:6379/0", name
+
+
 def test_secrets_are_required_not_defaulted(tools: Tools, run: Run) -> None:
     result = _compose(tools, run, "--env-file", "/dev/null", "config", "--quiet")
     assert result.returncode != 0
-    for name in ("CMG_MASTER_KEY", "POSTGRES_PASSWORD", "CMG_DB_APP_PASSWORD"):
+    for name in ("CMG_MASTER_KEY", "POSTGRES_PASSWORD", "CMG_DB_APP_PASSWORD", "REDIS_PASSWORD"):
         assert name in result.stderr
 
 

@@ -7,6 +7,7 @@ temporary prefix, so no root paths are touched.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -30,6 +31,7 @@ PLAIN: dict[str, Any] = {
     "tls_cert_path": "",
     "tls_key_path": "",
     "metrics_allow": [],
+    "admin_allow": ["127.0.0.1", "::1", "10.0.0.0/8"],
     "max_body": "8m",
 }
 
@@ -187,6 +189,19 @@ def test_metrics_are_closed_unless_networks_are_listed(
         d for d in _directives(_block(listed, "= /metrics")) if d.split()[0] in ("allow", "deny")
     ]
     assert rules == ["allow 10.0.0.0/8", "allow 127.0.0.1/32", "deny all"]
+
+
+def test_admin_answers_only_the_allow_list(nginx_render: ModuleType) -> None:
+    conf = nginx_render.render(TEMPLATE.read_text(), **PLAIN)
+    admin = _directives(_block(conf, "^~ /admin"))
+    rules = [d for d in admin if d.split()[0] in ("allow", "deny")]
+    assert rules == ["allow 127.0.0.1", "allow ::1", "allow 10.0.0.0/8", "deny all"]
+    assert "proxy_pass http://cmg_gateways" in admin
+    nobody = nginx_render.render(TEMPLATE.read_text(), **{**PLAIN, "admin_allow": []})
+    assert [d for d in _directives(_block(nobody, "^~ /admin")) if "allow" in d] == []
+    compose = (ROOT / "infra" / "nginx" / "compose.conf").read_text()
+    allowed = re.findall(r"allow (\S+);", _block(compose, "^~ /admin"))
+    assert allowed and all(ipaddress.ip_network(a).is_private for a in allowed)
 
 
 def test_tls_block_appears_only_when_enabled(nginx_render: ModuleType, tmp_path: Path) -> None:

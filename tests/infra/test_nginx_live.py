@@ -1,7 +1,7 @@
 """Real nginx on loopback, rendered from the production template, in front of two real gateways.
 
 A stream arrives through nginx incrementally, a killed replica does not fail requests, a too
-large body gets 413 at the edge, and /metrics is not public.
+large body gets 413 at the edge, /metrics is not public and /admin answers its allow-list only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from gateway import embedded
-from tests.conftest import Gateway, Services, Tenant, gateway_env
+from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env
 from tests.mock_upstream import MockUpstream, Reply
 
 from .tooling import ROOT, Tools
@@ -70,6 +70,7 @@ def edge(
             tls_cert_path="",
             tls_key_path="",
             metrics_allow=[],
+            admin_allow=["192.0.2.1"],  # not this test's loopback client
             max_body="1m",
         )
     )
@@ -135,6 +136,14 @@ def test_edge_rejects_large_bodies_and_hides_metrics(edge: Edge, tenant: Tenant)
     assert echoed.headers["x-request-id"] == "edge-test-1"
     generated = httpx.get(edge.url + "/healthz").headers["x-request-id"]
     assert len(generated) == 32
+
+
+def test_edge_keeps_admin_to_its_allow_list(edge: Edge, fleet: list[Gateway]) -> None:
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    assert httpx.get(fleet[0].url + "/admin/workspaces", headers=master).status_code == 200
+    assert httpx.get(edge.url + "/admin/workspaces", headers=master).status_code == 403
+    assert httpx.get(edge.url + "/admin", headers=master).status_code == 403
+    assert httpx.get(edge.url + "/v1/models", headers=master).status_code == 401  # rest passes
 
 
 def test_requests_survive_a_killed_replica(

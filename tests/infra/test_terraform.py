@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -110,6 +111,7 @@ def test_module_installs_the_same_nginx_config_the_tests_render(
         tls_cert_path="/etc/letsencrypt/live/gw.example.com/fullchain.pem",
         tls_key_path="/etc/letsencrypt/live/gw.example.com/privkey.pem",
         metrics_allow=["10.0.0.0/24"],
+        admin_allow=["127.0.0.1/32", "::1/128"],
         max_body="8m",
     )
     assert rendered == expected
@@ -182,3 +184,29 @@ def test_units_run_each_role_as_the_cmg_user(nginx_render: ModuleType) -> None:
         assert "User=cmg\n" in rendered
         assert "EnvironmentFile=/etc/cmg/secrets.env\n" in rendered
         assert "${" not in rendered
+
+
+@pytest.mark.parametrize(
+    ("line", "accepted"),
+    [
+        ("REDIS_URL=redis://:s3cret@redis.internal:6379/0", True),
+        ("REDIS_URL=rediss://cmg:s3cret@redis.internal:6380/0", True),
+        ('REDIS_URL="redis://:s3cret@redis.internal:6379/0"', True),
+        ("REDIS_URL=redis://redis.internal:6379/0", False),
+        ("REDIS_URL=redis://cmg@redis.internal:6379/0", False),
+        ("REDIS_URL=redis://redis.internal:6379/0?x=a:b@c", False),
+    ],
+)
+def test_deploy_refuses_a_redis_url_without_a_password(
+    line: str, accepted: bool, tmp_path: Path
+) -> None:
+    """The install phase's own grep, run by sh on a secrets file holding ``line``."""
+    script = (MODULE / "templates" / "deploy.sh.tftpl").read_text()
+    check = re.search(r"grep -Eq (.+?) \"\$SECRETS\"", script)
+    assert check is not None
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text(f"DATABASE_URL=postgresql://x\n{line}\n")
+    done = subprocess.run(
+        ["sh", "-c", f'grep -Eq {check[1]} "$1"', "sh", str(secrets)], check=False
+    )
+    assert (done.returncode == 0) == accepted

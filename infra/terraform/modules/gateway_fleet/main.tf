@@ -32,6 +32,7 @@ locals {
     tls_cert_path = var.tls_cert_path
     tls_key_path  = var.tls_key_path
     metrics_allow = var.metrics_allow
+    admin_allow   = var.admin_allow
     max_body      = "${var.max_body_mib}m"
   })
 

@@ -109,6 +109,12 @@ variable "metrics_allow" {
   default     = []
 }
 
+variable "admin_allow" {
+  description = "Addresses or CIDRs nginx lets reach /admin (the master key still guards it). Default: loopback only (run admin calls on a host, or list your VPN's CIDR)."
+  type        = list(string)
+  default     = ["127.0.0.1/32", "::1/128"]
+}
+
 variable "max_body_mib" {
   description = "Largest request body in MiB: nginx client_max_body_size and the gateway's CMG_MAX_BODY_BYTES."
   type        = number
@@ -159,7 +165,7 @@ variable "secrets_source_path" {
 }
 
 variable "required_secrets" {
-  description = "Names of the variables secrets_env_file must define; checked on every host before any service is restarted."
+  description = "Names of the variables secrets_env_file must define; checked on every host before any service is restarted. REDIS_URL must also carry a password (redis://:PASSWORD@host or rediss://USER:PASSWORD@host)."
   type        = list(string)
   default     = ["DATABASE_URL", "REDIS_URL", "CMG_MASTER_KEY", "OPENROUTER_API_KEY"]
 }
