@@ -327,7 +327,7 @@ def leftovers(base: Path, grace: float = 10.0) -> list[psutil.Process]:
     on its way out gets ``grace`` seconds."""
     deadline = time.monotonic() + grace
     while True:
-        found = list({p.pid: p for p in _alive_children() + _services_under(base)}.values())
+        found = list({p.pid: p for p in _alive_children() + services_under(base)}.values())
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
@@ -342,7 +342,7 @@ def _alive_children() -> list[psutil.Process]:
     return alive
 
 
-def _services_under(base: Path) -> list[psutil.Process]:
+def services_under(base: Path) -> list[psutil.Process]:
     """Postmasters and redis-servers whose working directory is under ``base`` (a postmaster's
     backends are its business: only processes whose parent is not one of them are named)."""
     found = {}
