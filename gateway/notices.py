@@ -91,7 +91,7 @@ class Notices:
     def _lost(self, exc: BaseException, *, first: bool) -> None:
         if self.up or first:
             log.warning(
-                "change notices unavailable (%s): caches fall back to their lifetimes; reconnecting",
+                "change notices unavailable (%s): caches expire by their lifetimes; reconnecting",
                 type(exc).__name__,
             )
         self.up = False
