@@ -4,6 +4,7 @@ still expires entries; an empty catalog is synced once at start."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import psycopg
 import pytest
 
 from gateway import embedded
+from gateway.auth import KeyCache
+from gateway.workspaces import KeyRecord
 from tests.conftest import (
     MASTER_KEY,
     ROOT,
@@ -116,6 +119,22 @@ def test_an_empty_catalog_is_synced_once_at_start_by_one_replica(fleet: Fleet) -
     assert len([r for r in fleet.mock.requests if r.path == "/v1/models"]) == 1
 
 
+def test_an_unreachable_provider_does_not_stop_startup(services: Services, tmp_path: Path) -> None:
+    with own_database(services) as url, MockUpstream() as mock:
+        env = gateway_env(
+            Services(url, services.redis_url, services.data_dir), mock,
+            providers_file(tmp_path / "providers.toml", mock),
+            OPENROUTER_BASE_URL=f"http://127.0.0.1:{embedded.free_port()}/v1",
+        )  # fmt: skip
+        gw = Gateway(env, tmp_path / "gw.log")  # waits for /healthz
+        try:
+            key = make_tenant(Services(url, services.redis_url, services.data_dir)).key
+            assert models(gw, key).json()["data"] == []
+        finally:
+            gw.stop()
+    assert "catalog sync of openrouter failed" in gw.log_path.read_text()
+
+
 def test_a_key_revoked_on_one_replica_is_refused_by_the_other_at_once(fleet: Fleet) -> None:
     tenant = fleet.tenant()
     assert models(fleet.b, tenant.key).status_code == 200  # B now holds the key for 60 s
@@ -195,3 +214,51 @@ def test_a_killed_listener_reconnects_and_notices_flow_again(fleet: Fleet) -> No
     assert models(fleet.b, tenant.key).status_code == 200
     admin(fleet.a, "POST", f"/admin/keys/{tenant.key_id}/revoke")
     assert poll(lambda: models(fleet.b, tenant.key).status_code == 401)
+
+
+def _record() -> KeyRecord:
+    return KeyRecord("k", "w", "ws", {}, None, False)
+
+
+def test_cached_keys_outlive_their_lifetime_only_while_notices_flow() -> None:
+    calls: list[str] = []
+    up = True
+
+    async def lookup(key_hash: str) -> KeyRecord:
+        calls.append(key_hash)
+        return _record()
+
+    async def scenario() -> None:
+        nonlocal up
+        cache = KeyCache(lookup, ttl=0.0, live=lambda: up)
+        await cache.resolve("cmg_x")
+        await cache.resolve("cmg_x")
+        assert len(calls) == 1  # channel up: the entry stays until a notice
+        up = False
+        await cache.resolve("cmg_x")
+        assert len(calls) == 2  # channel down: the (zero) lifetime applies
+        up = True
+        cache.forget()
+        await cache.resolve("cmg_x")
+        assert len(calls) == 3  # a notice drops it
+
+    asyncio.run(scenario())
+
+
+def test_a_notice_during_a_lookup_keeps_that_row_out_of_the_cache() -> None:
+    calls: list[str] = []
+
+    async def lookup(key_hash: str) -> KeyRecord:
+        calls.append(key_hash)
+        if len(calls) == 1:
+            cache.forget()  # the change commits while this (older) row is on its way
+        return _record()
+
+    cache = KeyCache(lookup, ttl=60.0, live=lambda: True)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            await cache.resolve("cmg_x")
+
+    asyncio.run(scenario())
+    assert len(calls) == 2  # re-read once after the notice, then cached
