@@ -191,6 +191,9 @@ def test_with_the_channel_down_the_cache_lifetime_still_expires_keys(fleet: Flee
         assert models(c, tenant.key).status_code == 200
         assert metric(c, "cmg_notice_channel_up") == 0
         assert metric(c, "cmg_notice_reconnects_total") >= 1
+        health = admin(c, "GET", "/admin/health").json()
+        assert health["change_notices"].startswith("down")
+        assert admin(fleet.b, "GET", "/admin/health").json()["change_notices"] == "listening"
         admin(fleet.a, "POST", f"/admin/keys/{tenant.key_id}/revoke")
         assert poll(lambda: models(c, tenant.key).status_code == 401, timeout=30)
     finally:
