@@ -58,7 +58,7 @@ class Notices:
                     self._connected(lost)
                     delay = _BACKOFF[0]
                     await self._listen(conn)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # whatever ends the session, the caches must know it
                 self._lost(exc, first=not lost)
             lost = True
             metrics.NOTICE_RECONNECTS.inc()
@@ -69,7 +69,7 @@ class Notices:
         while True:
             async for notice in conn.notifies(timeout=_KEEPALIVE):
                 self._dispatch(notice.payload)
-            await conn.execute("SELECT 1")
+            await asyncio.wait_for(conn.execute("SELECT 1"), _KEEPALIVE)
 
     def _dispatch(self, table: str) -> None:
         callbacks = self._callbacks.get(table)
