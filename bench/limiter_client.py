@@ -21,6 +21,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import uvloop
 
+from bench.processes import stop_on_signals
 from gateway import embedded
 from gateway.limits import _SCRIPT, Limit, Limiter
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
+    stop_on_signals()  # SIGTERM unwinds too: the redis-server is stopped
     with tempfile.TemporaryDirectory(prefix="cmg-limiter-") as data:
         server = embedded.start_redis(Path(data))
         try:

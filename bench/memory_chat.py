@@ -30,7 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import hotspots, synthetic_items, targets
-from bench.processes import OutsideLoad, Service, tree_cpu_seconds, wait_http, wait_quiet
+from bench.processes import (
+    OutsideLoad,
+    Service,
+    stop_on_signals,
+    tree_cpu_seconds,
+    wait_http,
+    wait_quiet,
+)
 from bench.run import BENCH_PYTHON, _shared_dir
 from bench.scenarios import Scenario
 
@@ -62,6 +69,7 @@ end
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    stop_on_signals()  # SIGTERM unwinds too: the gateway and its services are stopped
     shared = _shared_dir()
     if shutil.which("wrk") is None or not BENCH_PYTHON.exists():
         subprocess.run(["bash", str(shared / "bench" / "setup.sh")], check=True)

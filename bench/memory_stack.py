@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from bench.processes import Service, ServiceFailed, free_port, wait_http
+from bench.processes import Service, ServiceFailed, free_port, stop_on_signals, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 _GATEWAY_ENV_PREFIXES = ("CMG_", "DATABASE_URL", "REDIS_URL", "OPENROUTER_")
@@ -103,6 +104,8 @@ def memory_stack(
     from gateway import embedded
     from memory import migrate
 
+    if threading.current_thread() is threading.main_thread():
+        stop_on_signals()  # every runner on this stack stops it on SIGTERM too, not only Ctrl-C
     data_dir = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="cmg-recall-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
 """Step 1 of a request: the API key → the calling workspace.
 
-Keys are looked up by SHA-256 and cached in-process for ``auth_cache_seconds``, so a
-request costs no database round-trip. When the database is unreachable, a key seen before
-keeps working from its (stale) cache entry; an unknown key then gets 503, not 401.
+Keys are looked up by SHA-256 and cached in-process, so a request costs no database
+round-trip. A cached entry lives until a change notice (``gateway/notices.py``) drops the cache:
+a key revoked or changed anywhere stops working on every replica within milliseconds. Only while
+the notice channel is down do entries expire after ``auth_cache_seconds`` instead. When the
+database is unreachable, a key seen before keeps working from its (stale) cache entry; an unknown
+key then gets 503, not 401.
 """
 
 from __future__ import annotations
@@ -37,31 +40,45 @@ Lookup = Callable[[str], Awaitable[KeyRecord | None]]
 
 
 class KeyCache:
-    def __init__(self, lookup: Lookup, ttl: float) -> None:
+    """Key hash → record. ``live()`` says whether change notices are arriving (then the
+    lifetime does not apply); ``forget()`` is what a notice calls."""
+
+    def __init__(self, lookup: Lookup, ttl: float, live: Callable[[], bool] = lambda: False):
         self._lookup = lookup
         self._ttl = ttl
+        self._live = live
         self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._generation = 0
 
     async def resolve(self, secret: str) -> KeyRecord | None:
         key_hash = hash_secret(secret)
         now = time.monotonic()
         hit = self._entries.get(key_hash)
-        if hit is not None and hit[0] > now:
+        if hit is not None and self._fresh(hit, now):
             return hit[1]
+        generation = self._generation
         try:
             record = await self._lookup(key_hash)
         except (OperationalError, DBAPIError, OSError) as exc:
             if hit is not None and hit[1] is not None:
                 return hit[1]  # stale but known: keep serving while the database is away
             raise ServiceUnavailable("the key store is unavailable; retry shortly") from exc
+        if generation != self._generation:
+            return record  # a notice came during the lookup: this row may predate it
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
-        ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
-        self._entries[key_hash] = (now + ttl, record)
+        self._entries[key_hash] = (now, record)
         return record
+
+    def _fresh(self, hit: tuple[float, KeyRecord | None], now: float) -> bool:
+        age = now - hit[0]
+        if hit[1] is None:  # unknown keys: short-lived whatever the channel (a spray stays cheap)
+            return age < min(self._ttl, _NEGATIVE_TTL)
+        return self._live() or age < self._ttl
 
     def forget(self) -> None:
         self._entries.clear()
+        self._generation += 1
 
 
 def bearer(request: Request) -> str:

@@ -1,6 +1,8 @@
 """The model catalog as the gateway sees it: an in-process copy of the ``models`` table.
 
-Loaded at start and refreshed every ``catalog_refresh_seconds``; the scheduler's sync job
+Loaded at start (synced first, once, when the table is empty) and reloaded when a change
+notice says the ``models`` table changed (``gateway/notices.py``); only while the notice channel is
+down does it reload every ``catalog_refresh_seconds`` instead. The scheduler's sync job
 (``workers/catalog.py``) keeps the table fresh. A request never waits on the database here.
 """
 
@@ -9,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.errors import NotFound
 from gateway.providers.router import Target
 from memory.schema import CatalogModel
 
 log = logging.getLogger("cmg.catalog")
+_SYNC_LOCK = 0x636D675F636174  # pg advisory lock id: "cmg_cat"
+Sync = Callable[[AsyncSession], Awaitable[int]]
 
 
 class Catalog:
@@ -30,6 +35,7 @@ class Catalog:
         self._context: dict[str, int] = {}
         self._prices: dict[str, tuple[Decimal, Decimal]] = {}
         self._by_provider: dict[str, frozenset[str]] = {}
+        self._changed = asyncio.Event()
 
     async def load(self) -> None:
         async with self._sessions() as session:
@@ -51,11 +57,39 @@ class Catalog:
         self._models, self._context, self._prices = models, context, prices
         self._by_provider = {k: frozenset(v) for k, v in by_provider.items()}
 
-    async def refresh_forever(self, interval: float) -> None:
+    def changed(self) -> None:
+        """A change notice: reload soon (in ``refresh_forever``, not in the listener)."""
+        self._changed.set()
+
+    async def refresh_forever(self, interval: float, live: Callable[[], bool]) -> None:
+        """Reload on each notice; every ``interval`` seconds as well while notices are down."""
         while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(SQLAlchemyError, OSError):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
+            if not self._changed.is_set() and live():
+                continue
+            self._changed.clear()
+            try:
                 await self.load()
+            except (SQLAlchemyError, OSError):
+                self._changed.set()  # try again shortly
+                await asyncio.sleep(1.0)
+
+    async def sync_if_empty(self, sync: Sync) -> None:
+        """An empty catalog is synced once at start, one replica at a time: the others wait on
+        the lock, then find the rows and only load them. A failure is logged, never raised."""
+        if self._models:
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await session.execute(text("SET LOCAL lock_timeout = '30s'"))
+                await session.execute(select(func.pg_advisory_xact_lock(_SYNC_LOCK)))
+                if not await session.scalar(select(func.count()).select_from(CatalogModel)):
+                    count = await sync(session)
+                    log.info("catalog was empty: synced %d models at start", count)
+            await self.load()
+        except Exception as exc:  # an unreachable provider or database must not stop startup
+            log.warning("catalog not synced at start: %s: %s", type(exc).__name__, exc)
 
     def list(self) -> list[dict[str, Any]]:
         return list(self._models.values())

@@ -7,10 +7,14 @@ The CLI is an edge: it builds ``Settings`` from the environment and, when ``DATA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -19,43 +23,107 @@ from gateway.errors import GatewayError
 from gateway.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("cmg.cli")
 
 
-def resolve_services(settings: Settings) -> Settings:
-    """Settings with real database and Redis URLs, starting embedded ones where unset."""
+@contextlib.contextmanager
+def services(settings: Settings) -> Iterator[Settings]:
+    """Settings with real database and Redis URLs, starting embedded ones where unset.
+
+    What this process started (or adopted from a dead starter) it stops on the way out, SIGTERM
+    and Ctrl-C included; a service another live process started is left running, and logged.
+    """
     from gateway import embedded
 
-    database_url, redis_url = settings.database_url, settings.redis_url
-    if not database_url:
-        pg = embedded.start_postgres(settings.data_dir, shared_buffers=settings.pg_shared_buffers)
-        database_url = pg.url
-    if not redis_url:
-        redis_url = embedded.start_redis(settings.data_dir).url
-    return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_exits())
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if not database_url:
+            pg = embedded.start_postgres(
+                settings.data_dir, shared_buffers=settings.pg_shared_buffers
+            )
+            if _claim("PostgreSQL", pg.pgdata.parent / "pg.owner", adopted=pg.adopted):
+                stack.callback(_release, "PostgreSQL", pg.pgdata.parent / "pg.owner", pg.stop)
+            database_url = pg.url
+        if not redis_url:
+            rd = embedded.start_redis(settings.data_dir)
+            if _claim("Redis", rd.pidfile.parent / "owner", adopted=rd.adopted):
+                stack.callback(_release, "Redis", rd.pidfile.parent / "owner", rd.stop)
+            redis_url = rd.url
+        yield dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+def _claim(name: str, owner_file: Path, *, adopted: bool) -> bool:
+    """True when the service is this process's to stop: started here, or left by a crashed
+    ``cmg`` (its owner file names a dead process). The owner file records who that is."""
+    owner = _live_pid(owner_file)
+    if adopted and (owner is not None or not owner_file.exists()):
+        log.info("embedded %s was already running (process %s): left running on exit",
+                 name, owner or "unknown")  # fmt: skip
+        return False
+    owner_file.write_text(f"{os.getpid()}\n")
+    return True
+
+
+def _release(name: str, owner_file: Path, stop: Callable[[], None]) -> None:
+    stop()
+    owner_file.unlink(missing_ok=True)
+    log.info("embedded %s stopped", name)
+
+
+def _live_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks that stop services run (uvicorn
+    re-raises the signal it caught once it has shut down: it lands here, not in a hard exit)."""
+
+    def exit_once(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, exit_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(session)`` in one committed transaction."""
     from memory.db import run_transaction
 
-    return run_transaction(settings.database_url, work)
+    with services(settings) as resolved:
+        return run_transaction(resolved.database_url, work)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
     from gateway.exposure import check_master_key
-    from memory import migrate
 
-    host, port = args.host or settings.host, args.port or settings.port
-    check_master_key(settings.master_key, host)  # before anything starts
-    settings = resolve_services(settings)
-    if args.migrate or not Settings.from_env().database_url:
-        migrate.upgrade(settings.database_url, embedding_dim=settings.embedding_dim)
-    workers = args.workers or settings.workers
+    check_master_key(settings.master_key, args.host or settings.host)  # before anything starts
     from gateway.observe import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    with services(settings) as resolved:
+        _serve(args, resolved, migrate=args.migrate or not settings.database_url)
+
+
+def _serve(args: argparse.Namespace, settings: Settings, *, migrate: bool) -> None:
+    import uvicorn
+
+    from memory import migrate as migrations
+
+    if migrate:
+        migrations.upgrade(settings.database_url, embedding_dim=settings.embedding_dim)
+    host, port = args.host or settings.host, args.port or settings.port
+    workers = args.workers or settings.workers
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -96,7 +164,8 @@ def _multiprocess_metrics(settings: Settings, port: int) -> None:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
     from memory import migrate
 
-    migrate.upgrade(resolve_services(settings).database_url, embedding_dim=settings.embedding_dim)
+    with services(settings) as resolved:
+        migrate.upgrade(resolved.database_url, embedding_dim=settings.embedding_dim)
     print("database is at the latest revision")
 
 
@@ -106,7 +175,7 @@ def cmd_workspace_create(args: argparse.Namespace, settings: Settings) -> None:
     async def work(session: Any) -> Any:
         return await workspaces.create_workspace(session, args.name)
 
-    workspace = _db(resolve_services(settings), work)
+    workspace = _db(settings, work)
     _emit(args, {"id": str(workspace.id), "name": workspace.name}, f"workspace {workspace.name}")
 
 
@@ -126,7 +195,7 @@ def cmd_workspace_set(args: argparse.Namespace, settings: Settings) -> None:
     async def work(session: Any) -> Any:
         return await workspaces.update_settings(session, args.name, changes)
 
-    workspace = _db(resolve_services(settings), work)
+    workspace = _db(settings, work)
     _emit(
         args,
         {"name": workspace.name, "settings": workspace.settings},
@@ -137,7 +206,7 @@ def cmd_workspace_set(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_workspace_list(args: argparse.Namespace, settings: Settings) -> None:
     from gateway import workspaces
 
-    rows = _db(resolve_services(settings), workspaces.list_workspaces)
+    rows = _db(settings, workspaces.list_workspaces)
     data = [{"id": str(w.id), "name": w.name} for w in rows]
     _emit(args, data, "\n".join(f"{w['id']}  {w['name']}" for w in data))
 
@@ -151,7 +220,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
             rpm_limit=args.rpm, tpm_limit=args.tpm,
         )  # fmt: skip
 
-    secret, info = _db(resolve_services(settings), work)
+    secret, info = _db(settings, work)
     _emit(args, {**info.as_json(), "key": secret}, secret)
 
 
@@ -161,7 +230,7 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
     async def work(session: Any) -> Any:
         return await workspaces.list_keys(session, args.workspace)
 
-    keys = [k.as_json() for k in _db(resolve_services(settings), work)]
+    keys = [k.as_json() for k in _db(settings, work)]
     lines = [
         f"{k['id']}  {k['workspace']:<20} {k['prefix']}…  {k['name']:<16} "
         f"{'revoked' if k['revoked_at'] else 'active'}"
@@ -178,7 +247,7 @@ def cmd_key_limits(args: argparse.Namespace, settings: Settings) -> None:
             session, args.id, rpm_limit=args.rpm or None, tpm_limit=args.tpm or None
         )
 
-    info = _db(resolve_services(settings), work)
+    info = _db(settings, work)
     _emit(args, info.as_json(), f"{info.id}: rpm={info.rpm_limit} tpm={info.tpm_limit}")
 
 
@@ -188,12 +257,13 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
     async def work(session: Any) -> Any:
         return await workspaces.revoke_key(session, args.id)
 
-    info = _db(resolve_services(settings), work)
+    info = _db(settings, work)
     _emit(args, info.as_json(), f"revoked {info.id}")
 
 
 def cmd_catalog_sync(args: argparse.Namespace, settings: Settings) -> None:
-    count = sync_catalog(resolve_services(settings))
+    with services(settings) as resolved:
+        count = sync_catalog(resolved)
     print(f"catalog: {count} models")
 
 
@@ -222,17 +292,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     if unknown or not queues:
         raise SystemExit(f"cmg worker: unknown queue(s) {unknown}; choose from {list(QUEUES)}")
     _log_to_stderr(settings)
-    schedule.run_worker(resolve_services(settings), queues, burst=args.burst)
+    with services(settings) as resolved:
+        schedule.run_worker(resolved, queues, burst=args.burst)
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> None:
     from workers import schedule
 
     _log_to_stderr(settings)
-    schedule.run_scheduler(resolve_services(settings))
+    with services(settings) as resolved:
+        schedule.run_scheduler(resolved)
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
+    with services(settings) as resolved:
+        _jobs(args, resolved)
+
+
+def _jobs(args: argparse.Namespace, settings: Settings) -> None:
     from redis import Redis
     from sqlalchemy.orm import Session
 
@@ -240,7 +317,6 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
     from workers import schedule
     from workers.outbox import backlog_sync
 
-    settings = resolve_services(settings)
     with Redis.from_url(settings.redis_url) as redis:
         data = schedule.status(redis)
     engine = sync_engine(settings.database_url)
@@ -264,6 +340,11 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_memory_reembed(args: argparse.Namespace, settings: Settings) -> None:
+    with services(settings) as resolved:
+        _memory_reembed(args, resolved)
+
+
+def _memory_reembed(args: argparse.Namespace, settings: Settings) -> None:
     from sqlalchemy import select
     from sqlalchemy.orm import sessionmaker
 
@@ -272,7 +353,6 @@ def cmd_memory_reembed(args: argparse.Namespace, settings: Settings) -> None:
     from workers import embedding
     from workers.outbox import drain_sync, redis_client
 
-    settings = resolve_services(settings)
     model = embedding.model_name(settings)
     engine = sync_engine(settings.database_url)
     sessions = sessionmaker(engine)

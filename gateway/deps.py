@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import metrics
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.limits import Limiter
+from gateway.notices import Notices
 from gateway.providers import config as provider_config
 from gateway.providers.client import ProviderClient
 from gateway.providers.router import Router
@@ -41,6 +42,7 @@ class Deps:
     memory: Memory
     limiter: Limiter
     usage: UsageRecorder
+    notices: Notices
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -59,6 +61,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     embedder = await asyncio.to_thread(embedder_for, settings)
     await asyncio.to_thread(count_text, "warm up", "gpt-4o")  # load the encoding before traffic
+    notices = Notices(settings.notice_url or settings.database_url)
     knobs = Knobs(
         max_tokens=settings.memory_max_tokens,
         max_items=settings.memory_max_items,
@@ -71,19 +74,29 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         engine=engine,
         sessions=sessions,
         redis=redis,
-        keys=KeyCache(lookup, settings.auth_cache_seconds),
+        keys=KeyCache(lookup, settings.auth_cache_seconds, live=lambda: notices.up),
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
         memory=Memory(sessions, ReadPool(settings.database_url), embedder, knobs, relay),
         limiter=Limiter(settings.redis_url, fail_open=settings.ratelimit_fail_open),
         usage=UsageRecorder(sessions, settings.usage_flush_seconds),
+        notices=notices,
     )
+    notices.on("api_keys", deps.keys.forget)
+    notices.on("workspaces", deps.keys.forget)  # cached callers carry their workspace's settings
+    notices.on("models", deps.catalog.changed)
     try:
         with contextlib.suppress(Exception):
             await deps.catalog.load()
+        await deps.catalog.sync_if_empty(_catalog_sync(deps))
+        deps.tasks.append(asyncio.create_task(notices.run_forever()))
         deps.tasks.append(
-            asyncio.create_task(deps.catalog.refresh_forever(settings.catalog_refresh_seconds))
+            asyncio.create_task(
+                deps.catalog.refresh_forever(
+                    settings.catalog_refresh_seconds, live=lambda: notices.up
+                )
+            )
         )
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
@@ -105,3 +118,16 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         await deps.redis.aclose()
         await deps.memory.reads.close()
         await engine.dispose()
+
+
+def _catalog_sync(deps: Deps) -> Callable[[AsyncSession], Awaitable[int]]:
+    """The sync job's own function, run with this process's provider client."""
+    from workers import catalog
+
+    async def sync(session: AsyncSession) -> int:
+        config = deps.router.config
+        if not any(p.catalog for p in config.providers.values()):
+            return 0
+        return await asyncio.wait_for(catalog.sync(session, deps.providers, config), 30)
+
+    return sync

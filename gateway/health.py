@@ -39,6 +39,7 @@ async def checks(deps: Deps, *, detailed: bool = False) -> dict[str, Any]:
     if detailed:
         body["catalog_models"] = len(deps.catalog.list())
         body["usage_buffered"] = deps.usage.buffered
+        body["change_notices"] = "listening" if deps.notices.up else "down: caches use lifetimes"
     return body
 
 

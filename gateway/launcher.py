@@ -27,17 +27,16 @@ _CHILDREN = (("gateway", ["serve"]), ("worker", ["worker"]), ("scheduler", ["sch
 
 
 def up(settings: Settings) -> None:
+    from gateway.cli import services
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    stoppers = []
-    env = dict(os.environ)
-    if not settings.database_url:
-        pg = embedded.start_postgres(settings.data_dir, shared_buffers=settings.pg_shared_buffers)
-        stoppers.append(pg.stop)
-        env["DATABASE_URL"] = pg.url
-    if not settings.redis_url:
-        rd = embedded.start_redis(settings.data_dir)
-        stoppers.append(rd.stop)
-        env["REDIS_URL"] = rd.url
+    with services(settings) as resolved:
+        _run(settings, dict(os.environ, DATABASE_URL=resolved.database_url,
+                            REDIS_URL=resolved.redis_url))  # fmt: skip
+    print("cmg: stopped", file=sys.stderr)
+
+
+def _run(settings: Settings, env: dict[str, str]) -> None:
     if not settings.master_key:
         env["CMG_MASTER_KEY"] = _secret_file(settings.data_dir / "master_key", "cmgm_")
     from memory import migrate
@@ -56,9 +55,6 @@ def up(settings: Settings) -> None:
         for proc in children:
             _stop(proc)
         pidfile.unlink(missing_ok=True)
-        for stop in reversed(stoppers):
-            stop()
-        print("cmg: stopped", file=sys.stderr)
 
 
 def _dev_key(settings: Settings, database_url: str) -> str:

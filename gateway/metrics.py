@@ -100,6 +100,16 @@ OUTBOX_AGE = Gauge(
     multiprocess_mode="max",
 )
 
+NOTICE_UP = Gauge(
+    "cmg_notice_channel_up",
+    "1 while this process listens for change notices; 0: caches live by their lifetimes.",
+    multiprocess_mode="livemin",
+)
+NOTICE_RECONNECTS = Counter(
+    "cmg_notice_reconnects_total", "Times the change-notice listener lost its session."
+)
+NOTICES = Counter("cmg_change_notices_total", "Change notices received, by table.", ["table"])
+
 
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
 _MAX_CHILDREN = 20_000

@@ -85,10 +85,20 @@ class Settings:
         "CMG_RETRY_MAX_DELAY", "Longest wait before a retry, Retry-After included.", 8.0
     )
     auth_cache_seconds: float = _s(
-        "CMG_AUTH_CACHE_SECONDS", "How long a verified key stays cached in-process.", 30.0
+        "CMG_AUTH_CACHE_SECONDS",
+        "Fallback lifetime of a cached key while change notices are down (else a notice drops it).",
+        30.0,
     )
     catalog_refresh_seconds: float = _s(
-        "CMG_CATALOG_REFRESH_SECONDS", "How often each gateway reloads the model catalog.", 60.0
+        "CMG_CATALOG_REFRESH_SECONDS",
+        "How often a gateway reloads the model catalog while change notices are down.",
+        60.0,
+    )
+    notice_url: str = _s(
+        "CMG_NOTICE_URL",
+        "PostgreSQL URL the change-notice listener uses (a direct session: LISTEN does not pass "
+        "a transaction-mode pooler). Unset: DATABASE_URL.",
+        "",
     )
     log_level: str = _s("CMG_LOG_LEVEL", "Log level (debug, info, warning, error).", "info")
     log_format: str = _s("CMG_LOG_FORMAT", "json (one object per line) or text.", "json")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx2 as httpx
 import openai
+import psutil
 import psycopg
 import pytest
 
@@ -318,6 +319,68 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
 def unique() -> str:
     """A fresh model-name suffix so scripted mock replies never leak between tests."""
     return uuid.uuid4().hex[:8]
+
+
+def leftovers(base: Path, grace: float = 10.0) -> list[psutil.Process]:
+    """This session's processes still alive: children of pytest, and any PostgreSQL or
+    redis-server working in the session's temp dirs (both detach from their starter). A process
+    on its way out gets ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = list({p.pid: p for p in _alive_children() + services_under(base)}.values())
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _alive_children() -> list[psutil.Process]:
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def services_under(base: Path) -> list[psutil.Process]:
+    """Postmasters and redis-servers whose working directory is under ``base`` (a postmaster's
+    backends are its business: only processes whose parent is not one of them are named)."""
+    found = {}
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if proc.info["name"] not in ("postgres", "redis-server"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if Path(proc.cwd()).is_relative_to(base):
+                found[proc.pid] = proc
+    return [p for p in found.values() if p.info["ppid"] not in found]
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline()).strip()[:200]} (cwd {proc.cwd()})"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing a test started outlives the run: anything left fails it, named (then stopped)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = factory.getbasetemp() if factory is not None else None
+    left = leftovers(base.resolve()) if base is not None else _alive_children()
+    if not left:
+        return
+    names = "\n".join(f"  {_describe(proc)}" for proc in left)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"processes of this test run still alive at its end:\n{names}"
+    if reporter is not None:
+        reporter.write_sep("=", "left running", red=True)
+        reporter.write_line(message, red=True)
+    else:
+        print(message, file=sys.stderr)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 __all__ = ["Gateway", "Services", "Tenant", "dataclasses"]
