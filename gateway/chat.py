@@ -158,7 +158,8 @@ class Turn:
         prompt, completion, cached, estimated = _tokens(self.chat, answer_message, usage, model)
         price = self.deps.catalog.price(model)
         cost = float(price.cost(prompt, completion, cached)) if price else 0.0
-        memory = self.recalled.injected.tokens if self.recalled else 0
+        # The block is part of the prompt (the provider's count wins where they differ).
+        memory = min(self.recalled.injected.tokens, prompt) if self.recalled else 0
         # The block sits in the uncached tail of the prompt: it costs the normal input price.
         memory_cost = float(price.cost(memory, 0)) if price and memory else 0.0
         self.obs.prompt_tokens, self.obs.completion_tokens = prompt, completion
