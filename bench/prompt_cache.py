@@ -108,7 +108,7 @@ def _converse(
     """The conversation, turn by turn; (bodies the mock received, turns with memory, tokens)."""
     thread = f"conv-{uuid.uuid4().hex[:8]}"
     headers = {"X-Thread-Id": thread, "X-Memory": memory}
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    messages: list[Any] = [{"role": "system", "content": system}]
     bodies, injected, tokens = [], 0, 0
     with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60) as client:
         for turn in turns:
@@ -238,7 +238,7 @@ def _cost(run: Run) -> float:
 
 
 def _system_prompt(rng: random.Random) -> str:
-    rules = []
+    rules: list[str] = []
     while len(_ENCODING.encode_ordinary(" ".join(rules))) < 1700:
         rules.append(f"Rule {len(rules) + 1}: " + _filler(rng, 14) + ".")
     return "You are the operations assistant of a platform team. " + " ".join(rules)
