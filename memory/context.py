@@ -88,7 +88,7 @@ class Placement:
     """
 
     form: str
-    index: int
+    index: int | None  # None: no block (only a breakpoint was added)
     breakpoint: int | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -126,14 +126,14 @@ def inject(
     if form == "system":
         mark = _mark(out, last - 1) if breakpoint and last > 0 else None
         if memory is None:
-            return out, Placement(form, -1, mark)
+            return out, Placement(form, None, mark)
         out.insert(last, memory)
         return out, Placement(form, last, mark)
     mark = _mark(out, last) if breakpoint else None
     if memory is not None:
         part = {"type": "text", "text": memory["content"]}
         out[last] = {**out[last], "content": [*_parts(out[last].get("content")), part]}
-    return out, Placement(form, last if memory is not None else -1, mark)
+    return out, Placement(form, last if memory is not None else None, mark)
 
 
 def _latest_user(messages: Sequence[Any]) -> int | None:
