@@ -155,7 +155,8 @@ class Turn:
 
     def _account(self, answer_message: dict[str, Any] | None, usage: Any, errored: bool) -> None:
         model = self.obs.model or self.chat.model
-        prompt, completion, cached, estimated = _tokens(self.chat, answer_message, usage, model)
+        sent = self.recalled.messages if self.recalled else self.chat.messages
+        prompt, completion, cached, estimated = _tokens(sent, answer_message, usage, model)
         price = self.deps.catalog.price(model)
         cost = float(price.cost(prompt, completion, cached)) if price else 0.0
         # The block is part of the prompt (the provider's count wins where they differ).
@@ -189,7 +190,7 @@ class Turn:
 
 
 def _tokens(
-    chat: ChatRequest, answer_message: dict[str, Any] | None, usage: Any, model: str
+    sent: list[Any], answer_message: dict[str, Any] | None, usage: Any, model: str
 ) -> tuple[int, int, int, bool]:
     """(prompt, completion, cached, estimated): the provider's usage, else tiktoken's count."""
     if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
@@ -204,7 +205,7 @@ def _tokens(
             min(max(cached, 0), max(prompt, 0)),  # a provider's odd figure never bills negative
             False,
         )
-    prompt = count_messages(chat.messages, model)
+    prompt = count_messages(sent, model)  # what went upstream: memory included
     completion = count_text(message_text(answer_message), model) if answer_message else 0
     return prompt, completion, 0, True
 
