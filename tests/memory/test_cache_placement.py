@@ -6,6 +6,7 @@ Everything is checked on the bodies the real mock upstream received through a re
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,35 @@ def test_system_form_puts_memory_right_before_the_latest_user_turn(
     assert forwarded[3]["role"] == "system" and "Tuesday" in forwarded[3]["content"]
     record = provenance(http, seeded.key, raw.headers["x-request-id"])
     assert record["detail"]["placement"] == {"form": "system", "index": 3, "breakpoint": 2}
+
+
+def test_the_thread_summary_goes_in_the_tail_block_too(
+    gateway: Gateway, http: httpx.Client, mock: MockUpstream, tenant: Tenant
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    thread = f"sum-{marker}"
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "sys"}]
+    with gateway.client(tenant.key) as client:
+        for turn in range(5):  # > 2,000 tokens: the worker writes the thread's summary
+            messages.append({"role": "user", "content": f"Kestrel fact {turn}: " + "data " * 450})
+            answer = ask(client, messages, thread).parse()
+            messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+        wait_embedded(http, tenant.key, thread, 10)
+        deadline = time.monotonic() + 60
+        while not (thread_view(http, tenant.key, thread)["summary"] or {}).get("embedded"):
+            assert time.monotonic() < deadline, "no summary written"
+            time.sleep(0.2)
+        latest = {"role": "user", "content": f"What were the Kestrel facts? {marker}"}
+        raw = ask(client, [messages[0], latest], thread)  # the early history left out
+    forwarded = received(mock, marker).json["messages"]
+    assert forwarded[0] == messages[0]
+    own, block = forwarded[1]["content"]
+    assert own["text"] == latest["content"]
+    assert "[summary of this conversation so far]" in block["text"]
+    record = provenance(http, tenant.key, raw.headers["x-request-id"])
+    assert record["items"][0]["kind"] == "summary"  # the latest (the worker may refresh it)
+    assert record["items"][0]["thread_id"] == thread
+    assert record["detail"]["placement"] == {"form": "user", "index": 1, "breakpoint": None}
 
 
 def _part(text: str, **extra: Any) -> dict[str, Any]:
