@@ -312,3 +312,20 @@ def test_bad_placement_in_the_providers_file_is_a_config_error(tmp_path: Path) -
             config.load(Settings(providers_file=str(conf)))
     with pytest.raises(config.ConfigError, match="CMG_MEMORY_PLACEMENT"):
         config.load(Settings(memory_placement="front"))
+
+
+def test_settings_give_the_default_and_a_provider_may_override(tmp_path: Path) -> None:
+    conf = tmp_path / "providers.toml"
+    conf.write_text(
+        '[[provider]]\nname = "a"\nbase_url = "http://h"\n'
+        '[[provider]]\nname = "b"\nbase_url = "http://h"\nmemory_placement = "user"\n'
+        "cache_control = false\n"
+    )
+    loaded = config.load(
+        Settings(providers_file=str(conf), memory_placement="system", cache_control=True)
+    )
+    placements = {n: (p.memory_placement, p.cache_control) for n, p in loaded.providers.items()}
+    assert placements == {
+        "openrouter": ("system", True), "a": ("system", True), "b": ("user", False)
+    }  # fmt: skip
+    assert config.load(Settings()).providers["openrouter"].memory_placement == "user"
