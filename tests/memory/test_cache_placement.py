@@ -108,7 +108,7 @@ def test_memory_goes_with_the_latest_user_turn_and_the_prefix_is_untouched(
 ) -> None:
     marker = uuid.uuid4().hex[:8]
     sent = history(marker)
-    thread = f"p-{marker}"
+    thread = f"p-{uuid.uuid4().hex[:8]}"
     with gateway.client(seeded.key) as client:
         raw = ask(client, sent, thread, stream=stream)
         if stream:
@@ -131,12 +131,13 @@ def test_a_long_conversation_keeps_its_prefix_byte_identical(
     marker = uuid.uuid4().hex[:8]
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
     bodies: list[list[dict[str, Any]]] = []
+    thread = f"long-{uuid.uuid4().hex[:8]}"  # not the marker: blocks name their items' threads
     with gateway.client(seeded.key) as client:
         for turn in range(8):
             messages.append(
                 {"role": "user", "content": f"Zephyr project question {turn}: deploy day? {marker}"}
             )
-            answer = ask(client, messages, f"long-{marker}").parse()
+            answer = ask(client, messages, thread).parse()
             bodies.append(received(mock, f"question {turn}: deploy day? {marker}").json["messages"])
             messages.append({"role": "assistant", "content": answer.choices[0].message.content})
     injected = sum(isinstance(b[-1]["content"], list) for b in bodies)
@@ -176,7 +177,7 @@ def test_breakpoint_marks_the_end_of_the_stable_prefix(
     marker = uuid.uuid4().hex[:8]
     sent = history(marker)
     with cc_gateway.client(seeded.key) as client:
-        raw = ask(client, sent, f"cc-{marker}", "cc/model")
+        raw = ask(client, sent, f"cc-{uuid.uuid4().hex[:8]}", "cc/model")
     forwarded = received(mock, marker).json["messages"]
     assert forwarded[:3] == sent[:3]
     own, block = forwarded[3]["content"]
@@ -192,7 +193,7 @@ def test_system_form_puts_memory_right_before_the_latest_user_turn(
     marker = uuid.uuid4().hex[:8]
     sent = history(marker)
     with cc_gateway.client(seeded.key) as client:
-        raw = ask(client, sent, f"sys-{marker}", "sys/model")
+        raw = ask(client, sent, f"sys-{uuid.uuid4().hex[:8]}", "sys/model")
     forwarded = received(mock, marker).json["messages"]
     assert forwarded[:2] == sent[:2] and forwarded[4] == sent[3]
     assert forwarded[2] == {
@@ -208,7 +209,7 @@ def test_the_thread_summary_goes_in_the_tail_block_too(
     gateway: Gateway, http: httpx.Client, mock: MockUpstream, tenant: Tenant
 ) -> None:
     marker = uuid.uuid4().hex[:8]
-    thread = f"sum-{marker}"
+    thread = f"sum-{uuid.uuid4().hex[:8]}"  # not the marker: blocks name their items' threads
     messages: list[dict[str, Any]] = [{"role": "system", "content": "sys"}]
     with gateway.client(tenant.key) as client:
         for turn in range(5):  # > 2,000 tokens: the worker writes the thread's summary
@@ -224,6 +225,9 @@ def test_the_thread_summary_goes_in_the_tail_block_too(
         raw = ask(client, [messages[0], latest], thread)  # the early history left out
     forwarded = received(mock, marker).json["messages"]
     assert forwarded[0] == messages[0]
+    assert isinstance(forwarded[1]["content"], list) and len(forwarded[1]["content"]) == 2, (
+        forwarded
+    )
     own, block = forwarded[1]["content"]
     assert own["text"] == latest["content"]
     assert "[summary of this conversation so far]" in block["text"]
@@ -251,7 +255,7 @@ def test_a_clients_own_cache_control_survives(
         sent.append({"role": "assistant", "content": f"a{i}"})
     sent.append({"role": "user", "content": f"When does the Zephyr project deploy? {marker}"})
     with cc_gateway.client(seeded.key) as client:
-        ask(client, sent, f"own-{marker}", "cc/model")
+        ask(client, sent, f"own-{uuid.uuid4().hex[:8]}", "cc/model")
     forwarded = received(mock, marker).json["messages"]
     assert forwarded[:-1] == sent[:-1]  # the client's markers: where they were, as they were
     own = forwarded[-1]["content"][0]
