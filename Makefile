@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint check bench eval soak venv clean
+.PHONY: run test lint check bench bench-cache eval soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ check: lint
 
 bench: venv
 	$(BIN)/python -m bench.run
+
+bench-cache: venv
+	$(BIN)/python -m bench.prompt_cache
 
 eval: venv
 	$(BIN)/python -m bench.recall_eval

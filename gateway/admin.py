@@ -139,7 +139,7 @@ async def usage(request: Request) -> Response:
             session, workspace_id=workspace_id, start=start, end=end, group_by=group_by
         )
     return _json({"object": "list", "workspace": name, "start": str(start), "end": str(end),
-                  "group_by": group_by, "data": data})  # fmt: skip
+                  "group_by": ",".join(group_by), "data": data})  # fmt: skip
 
 
 async def health(request: Request) -> Response:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,12 +28,27 @@ _SYNC_LOCK = 0x636D675F636174  # pg advisory lock id: "cmg_cat"
 Sync = Callable[[AsyncSession], Awaitable[int]]
 
 
+class Price(NamedTuple):
+    """USD per token: prompt, completion, and cached prompt input when the provider lists it."""
+
+    prompt: Decimal
+    completion: Decimal
+    cached: Decimal | None = None
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> Decimal:
+        """Cached tokens at the cached price (the prompt price when unknown); never negative."""
+        prompt, completion = max(prompt, 0), max(completion, 0)
+        cached = min(max(cached, 0), prompt)
+        read = self.prompt if self.cached is None else self.cached
+        return (prompt - cached) * self.prompt + cached * read + completion * self.completion
+
+
 class Catalog:
     def __init__(self, sessions: async_sessionmaker) -> None:  # type: ignore[type-arg]
         self._sessions = sessions
         self._models: dict[str, dict[str, Any]] = {}
         self._context: dict[str, int] = {}
-        self._prices: dict[str, tuple[Decimal, Decimal]] = {}
+        self._prices: dict[str, Price] = {}
         self._by_provider: dict[str, frozenset[str]] = {}
         self._changed = asyncio.Event()
 
@@ -43,12 +58,13 @@ class Catalog:
         models: dict[str, dict[str, Any]] = {}
         by_provider: dict[str, set[str]] = {}
         context: dict[str, int] = {}
-        prices: dict[str, tuple[Decimal, Decimal]] = {}
+        prices: dict[str, Price] = {}
         for row in rows:
             if row.prompt_price is not None or row.completion_price is not None:
-                prices[row.id] = (
+                prices[row.id] = Price(
                     row.prompt_price or Decimal(0),
                     row.completion_price or Decimal(0),
+                    row.cached_price,
                 )
             models[row.id] = _model_object(row)
             by_provider.setdefault(row.provider, set()).add(row.upstream_id)
@@ -108,8 +124,8 @@ class Catalog:
     def context_length(self, model_id: str) -> int | None:
         return self._context.get(model_id)
 
-    def price(self, model_id: str) -> tuple[Decimal, Decimal] | None:
-        """USD per prompt token and per completion token, when the catalog knows them."""
+    def price(self, model_id: str) -> Price | None:
+        """USD per prompt, completion and cached prompt token, when the catalog knows them."""
         return self._prices.get(model_id)
 
     def check(self, target: Target) -> None:

@@ -28,6 +28,7 @@ from gateway.limits import Admission
 from gateway.observe import Observation, observation
 from gateway.protocol import ChatRequest, read_body
 from gateway.providers.client import Upstream
+from gateway.providers.router import Target
 from gateway.settings import Settings
 from gateway.streaming import EventStream, StreamTap, answer, relay
 from gateway.usage import Usage
@@ -54,7 +55,7 @@ async def chat_completions(request: Request) -> Response:
     obs.model_label = model_label(deps, route[0].served)
     admission = await admit(deps, caller, lambda: _estimate(chat, route[0].served))
     plan = threads.plan(request, caller, chat, deps.settings.memory_default)
-    recalled = await _recall(deps, plan, chat, route[0].served) if plan.read else None
+    recalled = await _recall(deps, plan, chat, route[0]) if plan.read else None
     if recalled is not None:
         obs.memory_items, obs.memory_tokens = _injected_count(recalled), recalled.injected.tokens
         obs.recall_s = recalled.timings.get("recall")
@@ -107,12 +108,15 @@ def _reserve(chat: ChatRequest) -> int:
     return value if isinstance(value, int) and value > 0 else DEFAULT_RESERVE
 
 
-async def _recall(deps: Deps, plan: threads.Plan, chat: ChatRequest, served: str) -> Recalled:
+async def _recall(deps: Deps, plan: threads.Plan, chat: ChatRequest, target: Target) -> Recalled:
+    """Recall, fit and place memory; the first route's provider says how (a fallback keeps it)."""
+    served, provider = target.served, target.provider
     window = deps.catalog.context_length(served) or deps.settings.context_window_default
     try:
         return await deps.memory.recall(
-            plan.scope, chat.messages, model=served, window=window, reserve=_reserve(chat)
-        )
+            plan.scope, chat.messages, model=served, window=window, reserve=_reserve(chat),
+            form=provider.memory_placement, breakpoint=provider.cache_control,
+        )  # fmt: skip
     except (SQLAlchemyError, psycopg.Error, OSError) as exc:
         raise ServiceUnavailable("memory is unavailable; retry, or send X-Memory: off") from exc
 
@@ -155,9 +159,14 @@ class Turn:
     def _account(self, answer_message: dict[str, Any] | None, usage: Any, errored: bool) -> None:
         model = self.obs.model or self.chat.model
         label = self.obs.model_label or "other"
-        prompt, completion, cached, estimated = _tokens(self.chat, answer_message, usage, model)
+        sent = self.recalled.messages if self.recalled else self.chat.messages
+        prompt, completion, cached, estimated = _tokens(sent, answer_message, usage, model)
         price = self.deps.catalog.price(model)
-        cost = float(prompt * price[0] + completion * price[1]) if price else 0.0
+        cost = float(price.cost(prompt, completion, cached)) if price else 0.0
+        # The block is part of the prompt (the provider's count wins where they differ).
+        memory = min(self.recalled.injected.tokens, prompt) if self.recalled else 0
+        # The block sits in the uncached tail of the prompt: it costs the normal input price.
+        memory_cost = float(price.cost(memory, 0)) if price and memory else 0.0
         self.obs.prompt_tokens, self.obs.completion_tokens = prompt, completion
         self.obs.cached_tokens, self.obs.cost_usd = cached, cost
         self.deps.limiter.reconcile(self.admission, prompt + completion)
@@ -170,29 +179,38 @@ class Turn:
                 prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
                 estimated=estimated, cost_usd=cost,
                 latency_ms=(self.obs.upstream_s or 0.0) * 1000, at=datetime.now(UTC),
+                memory_tokens=memory, memory_cost_usd=memory_cost,
             )
         )  # fmt: skip
         metrics.child(metrics.TOKENS, label, "prompt").inc(prompt)
         metrics.child(metrics.TOKENS, label, "completion").inc(completion)
+        if cached:
+            metrics.child(metrics.TOKENS, label, "cached").inc(cached)
+        if memory:
+            metrics.child(metrics.TOKENS, label, "memory").inc(memory)
         if cost:
             metrics.child(metrics.COST, label).inc(cost)
+        if memory_cost:
+            metrics.child(metrics.MEMORY_COST, label).inc(memory_cost)
 
 
 def _tokens(
-    chat: ChatRequest, answer_message: dict[str, Any] | None, usage: Any, model: str
+    sent: list[Any], answer_message: dict[str, Any] | None, usage: Any, model: str
 ) -> tuple[int, int, int, bool]:
     """(prompt, completion, cached, estimated): the provider's usage, else tiktoken's count."""
     if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         completion = usage.get("completion_tokens")
+        prompt = usage["prompt_tokens"]
+        cached = cached if isinstance(cached, int) and not isinstance(cached, bool) else 0
         return (
-            usage["prompt_tokens"],
+            prompt,
             completion if isinstance(completion, int) else 0,
-            cached if isinstance(cached, int) else 0,
+            min(max(cached, 0), max(prompt, 0)),  # a provider's odd figure never bills negative
             False,
         )
-    prompt = count_messages(chat.messages, model)
+    prompt = count_messages(sent, model)  # what went upstream: memory included
     completion = count_text(message_text(answer_message), model) if answer_message else 0
     return prompt, completion, 0, True
 

@@ -63,8 +63,16 @@ RETRIES = Counter("cmg_upstream_retries_total", "Upstream retries.", ["provider"
 FALLBACKS = Counter(
     "cmg_upstream_fallbacks_total", "Requests answered by a fallback route.", ["provider"]
 )
-TOKENS = Counter("cmg_tokens_total", "Tokens by model and direction.", ["model", "direction"])
+TOKENS = Counter(
+    "cmg_tokens_total",
+    "Tokens by model and direction: prompt, completion; of the prompt, cached (read from the "
+    "provider's cache) and memory (the injected memory block).",
+    ["model", "direction"],
+)
 COST = Counter("cmg_cost_usd_total", "Cost in USD by model (catalog prices).", ["model"])
+MEMORY_COST = Counter(
+    "cmg_memory_cost_usd_total", "Of that cost, what the injected memory block cost.", ["model"]
+)
 RECALL = Histogram(
     "cmg_memory_recall_duration_seconds", "Memory recall, query embedding included.",
     buckets=_LATENCY,

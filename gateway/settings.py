@@ -139,6 +139,18 @@ class Settings:
         "When set, `/metrics` on the API port needs `Authorization: Bearer <token>`.",
         "",
     )
+    memory_placement: str = _s(
+        "CMG_MEMORY_PLACEMENT",
+        "Where recalled memory goes, unless a provider says otherwise: user (a text part after "
+        "the latest user message's content) or system (a system message right before it).",
+        "user",
+    )
+    cache_control: bool = _s(
+        "CMG_CACHE_CONTROL",
+        "Mark the end of the stable prompt prefix with an Anthropic cache_control breakpoint "
+        "(default provider; others: cache_control in the providers file).",
+        False,
+    )
     context_window_default: int = _s(
         "CMG_CONTEXT_WINDOW_DEFAULT", "Context window assumed for models the catalog lacks.", 128000
     )

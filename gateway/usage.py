@@ -54,6 +54,8 @@ class Usage:
     # kept truncated on the event row only), so usage_daily keys stay few and short.
     model_key: str = "other"
     route: str = "chat"  # or "embeddings"
+    memory_tokens: int = 0  # what the injected memory block added to the prompt
+    memory_cost_usd: float = 0.0
 
 
 class UsageRecorder:
@@ -131,8 +133,11 @@ class UsageRecorder:
 
 _EVENT_COLUMNS = (
     "created_at, request_id, workspace_id, key_id, model, provider, status, prompt_tokens, "
-    "completion_tokens, cached_tokens, estimated, cost_usd, latency_ms, route"
+    "completion_tokens, cached_tokens, estimated, cost_usd, latency_ms, route, memory_tokens, "
+    "memory_cost_usd"
 )
+_SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
+           "memory_tokens", "cost_usd", "memory_cost_usd")  # fmt: skip
 
 
 async def _write(session: AsyncSession, batch: list[Usage]) -> None:
@@ -148,24 +153,23 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
                     (u.at, _clean(u.request_id), u.workspace_id, u.key_id,
                      _clean(u.model[:_MODEL_CHARS]), _clean(u.provider), u.status,
                      u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.estimated,
-                     u.cost_usd, u.latency_ms, u.route)
+                     u.cost_usd, u.latency_ms, u.route, u.memory_tokens, u.memory_cost_usd)
                 )  # fmt: skip
     rollup: dict[tuple[date, str, str, str, str], list[Any]] = {}
     for u in batch:
         key = (u.at.date(), u.workspace_id, u.key_id or str(_NO_KEY), u.model_key, u.route)
-        row = rollup.setdefault(key, [0, 0, 0, 0, 0, Decimal(0)])
+        row = rollup.setdefault(key, [0, 0, 0, 0, 0, 0, Decimal(0), Decimal(0)])
         row[0] += 1
         row[1] += 1 if u.status >= 400 else 0
         row[2] += u.prompt_tokens
         row[3] += u.completion_tokens
         row[4] += u.cached_tokens
-        row[5] += Decimal(str(u.cost_usd))
+        row[5] += u.memory_tokens
+        row[6] += Decimal(str(u.cost_usd))
+        row[7] += Decimal(str(u.memory_cost_usd))
     values = [
-        {
-            "day": day, "workspace_id": uuid.UUID(ws), "key_id": uuid.UUID(key), "model": model,
-            "route": route, "requests": r[0], "errors": r[1], "prompt_tokens": r[2],
-            "completion_tokens": r[3], "cached_tokens": r[4], "cost_usd": r[5],
-        }
+        {"day": day, "workspace_id": uuid.UUID(ws), "key_id": uuid.UUID(key), "model": model,
+         "route": route, **dict(zip(_SUMMED, r, strict=True))}
         for (day, ws, key, model, route), r in sorted(rollup.items())
     ]  # fmt: skip
     stmt = insert(UsageDaily).values(values)
@@ -173,9 +177,7 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
         stmt.on_conflict_do_update(
             index_elements=["day", "workspace_id", "key_id", "model", "route"],
             set_={
-                name: getattr(UsageDaily, name) + getattr(stmt.excluded, name)
-                for name in ("requests", "errors", "prompt_tokens", "completion_tokens",
-                             "cached_tokens", "cost_usd")
+                name: getattr(UsageDaily, name) + getattr(stmt.excluded, name) for name in _SUMMED
             },
         )
     )  # fmt: skip
@@ -186,45 +188,47 @@ def _clean(value: str | None) -> str | None:
 
 
 async def report(
-    session: AsyncSession, *, workspace_id: str | None, start: date, end: date, group_by: str
+    session: AsyncSession,
+    *,
+    workspace_id: str | None,
+    start: date,
+    end: date,
+    group_by: str | tuple[str, ...],
 ) -> list[dict[str, Any]]:
-    """Usage from the daily rollup, grouped by ``day``, ``key``, ``model`` or ``route``."""
-    column = {
-        "day": UsageDaily.day, "key": UsageDaily.key_id, "model": UsageDaily.model,
-        "route": UsageDaily.route,
-    }[group_by]  # fmt: skip
+    """Usage from the daily rollup, grouped by any of ``day``, ``key``, ``model`` and ``route``."""
+    groups = (group_by,) if isinstance(group_by, str) else group_by
+    columns = [_GROUPS[name] for name in groups]
     query = (
-        select(
-            column.label("group"),
-            func.sum(UsageDaily.requests),
-            func.sum(UsageDaily.errors),
-            func.sum(UsageDaily.prompt_tokens),
-            func.sum(UsageDaily.completion_tokens),
-            func.sum(UsageDaily.cached_tokens),
-            func.sum(UsageDaily.cost_usd),
-        )
+        select(*columns, *(func.sum(getattr(UsageDaily, name)) for name in _SUMMED))
         .where(UsageDaily.day >= start, UsageDaily.day <= end)
-        .group_by(column)
-        .order_by(column)
+        .group_by(*columns)
+        .order_by(*columns)
     )
     if workspace_id is not None:
         query = query.where(UsageDaily.workspace_id == uuid.UUID(workspace_id))
     rows = await session.execute(query)
-    return [
-        {
-            group_by: str(group) if group_by != "key" or group != _NO_KEY else None,
-            "requests": int(requests),
-            "errors": int(errors),
-            "prompt_tokens": int(prompt),
-            "completion_tokens": int(completion),
-            "cached_tokens": int(cached),
-            "cost_usd": float(cost),
-        }
-        for group, requests, errors, prompt, completion, cached, cost in rows
-    ]
+    return [_report_row(groups, tuple(row)) for row in rows]
 
 
-def _period(request: Any) -> tuple[date, date, str]:
+_GROUPS: dict[str, Any] = {
+    "day": UsageDaily.day,
+    "key": UsageDaily.key_id,
+    "model": UsageDaily.model,
+    "route": UsageDaily.route,
+}
+
+
+def _report_row(groups: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        name: str(value) if name != "key" or value != _NO_KEY else None
+        for name, value in zip(groups, row, strict=False)
+    }
+    for name, value in zip(_SUMMED, row[len(groups) :], strict=True):
+        out[name] = float(value) if name.endswith("_usd") else int(value)
+    return out
+
+
+def _period(request: Any) -> tuple[date, date, tuple[str, ...]]:
     from gateway.errors import BadRequest
 
     params = request.query_params
@@ -234,10 +238,13 @@ def _period(request: Any) -> tuple[date, date, str]:
         end = date.fromisoformat(params.get("end", today.isoformat()))
     except ValueError as exc:
         raise BadRequest("start and end must be dates (YYYY-MM-DD)", param="start") from exc
-    group_by = params.get("group_by", "day")
-    if group_by not in ("day", "key", "model", "route"):
-        raise BadRequest("group_by must be day, key, model or route", param="group_by")
-    return start, end, group_by
+    groups = tuple(params.get("group_by", "day").split(","))
+    if not groups or len(set(groups)) != len(groups) or not set(groups) <= set(_GROUPS):
+        raise BadRequest(
+            "group_by must be day, key, model or route, or several joined by commas (key,model)",
+            param="group_by",
+        )
+    return start, end, groups
 
 
 async def usage_endpoint(request: Any) -> Any:
@@ -255,5 +262,5 @@ async def usage_endpoint(request: Any) -> Any:
             session, workspace_id=caller.workspace_id, start=start, end=end, group_by=group_by
         )
     body = {"object": "list", "workspace": caller.workspace, "start": str(start), "end": str(end),
-            "group_by": group_by, "data": data}  # fmt: skip
+            "group_by": ",".join(group_by), "data": data}  # fmt: skip
     return Response(orjson.dumps(body), media_type="application/json")

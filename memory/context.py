@@ -1,12 +1,14 @@
 """Steps 6-7: put recalled memory into the prompt, within budgets.
 
 - ``choose``: the best hits that fit the token budget and the item cap;
-- ``render``: one system message, items dated and attributed, framed as quoted reference data
+- ``render``: one block, items dated and attributed, framed as quoted reference data
   (never as instructions). Stored text is data: ``_quote`` and ``_field`` make sure it can
   never close the block, start a line of its own or imitate an item header (rule below);
-- ``inject``: that message right after the client's own leading system/developer messages;
+- ``inject``: that block at the tail of the conversation, with the latest user turn, so the
+  prefix the provider has cached (system prompt, earlier history) stays byte-identical;
 - ``fit_window``: when messages + memory + max_tokens exceed the model's context window, the
-  oldest middle turns give way (the thread summary and recalled items stand in for them).
+  oldest middle turns give way in large blocks (the thread summary and recalled items stand in
+  for them), so the kept prefix stays stable for many turns.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _HEADER = (
     "one line; line breaks inside an item are shown as ⏎."
 )
 _LEADING = frozenset({"system", "developer"})
+_REPLY_PRIMING = 3  # count_messages adds these once per request
 
 
 @dataclass
@@ -114,59 +117,141 @@ def _field(value: str) -> str:
     return _FIELD.sub("_", value[:200]) or "_"
 
 
-def inject(messages: Sequence[Any], memory: dict[str, Any] | None) -> list[Any]:
-    if memory is None:
-        return list(messages)
-    at = 0
-    while (
-        at < len(messages)
-        and isinstance(messages[at], dict)
-        and messages[at].get("role") in _LEADING
-    ):
-        at += 1
-    return [*messages[:at], memory, *messages[at:]]
+@dataclass(frozen=True)
+class Placement:
+    """Where the block went: its message index in the forwarded messages, and in which form.
+
+    ``user``: a text part appended to the latest user message, after the client's own content;
+    ``system``: a system message right before the latest user message. ``breakpoint`` is the
+    index of the message whose part got a ``cache_control`` marker (None: none added).
+    """
+
+    form: str
+    index: int | None  # None: no block (only a breakpoint was added)
+    breakpoint: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"form": self.form, "index": self.index, "breakpoint": self.breakpoint}
 
 
-def fit_window(messages: list[Any], model: str, window: int, reserve: int) -> tuple[list[Any], int]:
+FORMS = ("user", "system")
+_BREAKPOINT = {"type": "ephemeral"}
+_MAX_BREAKPOINTS = 4  # Anthropic's limit per request
+
+
+def inject(
+    messages: Sequence[Any],
+    memory: dict[str, Any] | None,
+    *,
+    form: str = "user",
+    breakpoint: bool = False,
+) -> tuple[list[Any], Placement | None]:
+    """``messages`` with the memory block at the tail, where it leaves the prefix alone.
+
+    Everything before the latest user message (system prompt, earlier history) is forwarded
+    byte for byte as the client sent it, so the provider's prompt cache keeps hitting on it;
+    only the tail (the latest user turn and the block) is new on each turn. With
+    ``breakpoint``, the end of that stable prefix gets an Anthropic ``cache_control`` marker.
+    """
+    out = list(messages)
+    last = _latest_user(out)
+    if memory is None and not breakpoint:
+        return out, None
+    if last is None:  # no user turn to sit next to: the block closes the conversation
+        if memory is None:
+            return out, None
+        out.append(memory)
+        return out, Placement("system", len(out) - 1)
+    if form == "system":
+        mark = _mark(out, last - 1) if breakpoint and last > 0 else None
+        if memory is None:
+            return out, Placement(form, None, mark)
+        out.insert(last, memory)
+        return out, Placement(form, last, mark)
+    mark = _mark(out, last) if breakpoint else None
+    if memory is not None:
+        part = {"type": "text", "text": memory["content"]}
+        out[last] = {**out[last], "content": [*_parts(out[last].get("content")), part]}
+    return out, Placement(form, last if memory is not None else None, mark)
+
+
+def _latest_user(messages: Sequence[Any]) -> int | None:
+    for index in range(len(messages) - 1, -1, -1):
+        if _role(messages[index]) == "user":
+            return index
+    return None
+
+
+def _parts(content: Any) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content) if isinstance(content, list) else []
+
+
+def _mark(messages: list[Any], index: int) -> int | None:
+    """A ``cache_control`` on the last text part of ``messages[index]``; None when it cannot
+    (a client's own marker there or 4 already, odd shapes, no text): the client's parts are
+    never changed otherwise."""
+    message = messages[index]
+    if not isinstance(message, dict) or breakpoints(messages) >= _MAX_BREAKPOINTS:
+        return None
+    parts = _parts(message.get("content"))
+    if not parts or not isinstance(parts[-1], dict) or parts[-1].get("type") != "text":
+        return None
+    if "cache_control" in parts[-1] or not isinstance(parts[-1].get("text"), str):
+        return None
+    parts[-1] = {**parts[-1], "cache_control": dict(_BREAKPOINT)}
+    messages[index] = {**message, "content": parts}
+    return index
+
+
+def breakpoints(messages: Sequence[Any]) -> int:
+    """The ``cache_control`` markers a client already put in its messages (any shape counts)."""
+    count = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        count += "cache_control" in message
+        content = message.get("content")
+        if isinstance(content, list):
+            count += sum(1 for p in content if isinstance(p, dict) and "cache_control" in p)
+    return count
+
+
+def fit_window(
+    messages: list[Any], model: str, window: int, reserve: int, blocks: int = 4
+) -> tuple[list[Any], int]:
     """Drop the oldest middle turns until prompt + ``reserve`` fits: (messages, dropped).
 
-    Leading system/developer messages (and the memory message among them) and the latest user
-    turn onward are always kept.
+    Turns give way in blocks of about ``window / blocks`` tokens, counted from the start of the
+    history, and the kept history starts at a user turn. The cut is a function of the history
+    itself, so it stays put while the conversation grows, until a whole block more must go:
+    the prompt cache keeps hitting on the kept prefix for many turns, instead of missing on
+    every turn as a cut that shifts by one turn each time would.
+
+    Leading system/developer messages and the latest user turn onward are always kept.
     """
     if _rough_tokens(messages) + reserve < window * 0.6:
         return messages, 0  # clearly fits: skip exact counting on the hot path
-    total = count_messages(messages, model) + reserve
-    if total <= window:
+    sizes = [count_messages([m], model) - _REPLY_PRIMING for m in messages]
+    need = sum(sizes) + _REPLY_PRIMING + reserve - window
+    if need <= 0:
         return messages, 0
     head = 0
-    while (
-        head < len(messages)
-        and isinstance(messages[head], dict)
-        and messages[head].get("role") in _LEADING
-    ):
+    while head < len(messages) and _role(messages[head]) in _LEADING:
         head += 1
-    last_user = max(
-        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
-        default=len(messages) - 1,
-    )
-    middle = list(range(head, max(head, last_user)))
-    drop: set[int] = set()
-    for index in middle:
-        if total <= window:
-            break
-        drop.add(index)
-        total -= count_messages([messages[index]], model)
-    # A tool result must not outlive the assistant call it answers.
-    while True:
-        orphan = {
-            i for i in range(head, len(messages))
-            if i not in drop and _role(messages[i]) == "tool" and (i - 1 in drop or i == head)
-        }  # fmt: skip
-        if not orphan:
-            break
-        drop |= orphan
-    kept = [m for i, m in enumerate(messages) if i not in drop]
-    return kept, len(drop)
+    end = max(head, _latest_user(messages) or 0)  # no user turn: nothing is safe to drop
+    quantum = max(window // max(blocks, 1), 1)
+    cut, freed, grid = head, 0, 0
+    while cut < end and freed < need:
+        grid += quantum  # the next block boundary, in tokens from the start of the history
+        while cut < end and freed + sizes[cut] <= grid:
+            freed += sizes[cut]
+            cut += 1
+        while cut < end and _role(messages[cut]) != "user":  # start the rest at a user turn
+            freed += sizes[cut]
+            cut += 1
+    return [*messages[:head], *messages[cut:]], cut - head
 
 
 def _role(message: Any) -> str | None:

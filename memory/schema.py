@@ -67,6 +67,7 @@ class CatalogModel(Base):
     context_length: Mapped[int | None]
     prompt_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 12))
     completion_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 12))
+    cached_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 12))
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -160,8 +161,10 @@ class UsageEvent(Base):
     prompt_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     cached_tokens: Mapped[int]
+    memory_tokens: Mapped[int] = mapped_column(server_default="0")
     estimated: Mapped[bool]
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    memory_cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default="0")
     latency_ms: Mapped[float]
     route: Mapped[str] = mapped_column(Text, server_default="chat")
 
@@ -181,4 +184,6 @@ class UsageDaily(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    memory_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    memory_cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default="0")

@@ -60,6 +60,7 @@ class Recalled:
     dropped: int = 0
     thread_next_position: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    placement: context.Placement | None = None
 
     def headers(self, thread_id: str | None) -> dict[str, str]:
         headers = {
@@ -111,6 +112,8 @@ class Memory:
         model: str,
         window: int,
         reserve: int,
+        form: str = "user",
+        breakpoint: bool = False,
     ) -> Recalled:
         timings: dict[str, float] = {"embed": 0.0}
         started = time.perf_counter()
@@ -157,9 +160,10 @@ class Memory:
             hits, summary, max_tokens=self.knobs.max_tokens, max_items=self.knobs.max_items
         )
         timings["recall"] = time.perf_counter() - started
-        return Recalled(
-            context.inject(trimmed, injected.message), injected, dropped, next_position, timings
+        forwarded, placement = context.inject(
+            trimmed, injected.message, form=form, breakpoint=breakpoint
         )
+        return Recalled(forwarded, injected, dropped, next_position, timings, placement)
 
     async def remember(
         self,
@@ -186,7 +190,8 @@ class Memory:
                 await store.record_injection(
                     session, request_id, scope, ids, injected.tokens,
                     {"dropped_turns": recalled.dropped, "timings_ms": {
-                        k: round(v * 1000, 2) for k, v in recalled.timings.items()}},
+                        k: round(v * 1000, 2) for k, v in recalled.timings.items()},
+                     "placement": recalled.placement and recalled.placement.as_json()},
                 )  # fmt: skip
         self.kick()
 

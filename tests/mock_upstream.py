@@ -5,9 +5,11 @@ server on 127.0.0.1 (a free port) in a background thread with its own event loop
 tests and a gateway subprocess can both reach it.
 
 Unscripted answers are deterministic and OpenAI-shaped (they validate against the OpenAPI spec):
-chat content is ``"echo: " + <last user text>`` (``" #i"`` appended for choice ``i > 0``), streamed
+chat content is ``"echo: " + <last user text>`` (its first text part when the content is a list;
+``" #i"`` appended for choice ``i > 0``), streamed
 in up to four pieces split at word boundaries. ``script(model, Reply...)`` overrides the next
-requests for one model with errors, delays, broken streams or dropped connections.
+requests for one model with errors, delays, broken streams or dropped connections. A body field
+``mock_cached_tokens`` is reported back as ``usage.prompt_tokens_details.cached_tokens``.
 
 Every request is recorded before any answer. The server runs with handler cancellation, so a
 client that goes away (even while the mock sleeps) cancels the handler and marks ``disconnected``.
@@ -43,20 +45,25 @@ _ReplyKind = Literal[
 _TOOL_ARGUMENTS = '{"x": 1}'
 
 
-def _openrouter_model(model_id: str, context_length: int, prompt: str, completion: str) -> JSON:
+def _openrouter_model(
+    model_id: str, context_length: int, prompt: str, completion: str, cache_read: str = ""
+) -> JSON:
     """A model entry as OpenRouter lists it: OpenAI's four fields plus context and pricing."""
+    pricing = {"prompt": prompt, "completion": completion}
+    if cache_read:
+        pricing["input_cache_read"] = cache_read
     return {
         "id": model_id,
         "object": "model",
         "created": 1700000000,
         "owned_by": "mock",
         "context_length": context_length,
-        "pricing": {"prompt": prompt, "completion": completion},
+        "pricing": pricing,
     }
 
 
 _DEFAULT_MODELS = [
-    _openrouter_model("mock/gpt", 8192, "0.000001", "0.000002"),
+    _openrouter_model("mock/gpt", 8192, "0.000001", "0.000002", cache_read="0.0000001"),
     _openrouter_model("mock/small", 2048, "0.0000005", "0.000001"),
     _openrouter_model("mock/tool", 8192, "0.000002", "0.000004"),
 ]
@@ -373,6 +380,7 @@ class MockUpstream:
             prompt_tokens=max(1, sum(_words(_text_of(m.get("content"))) for m in body["messages"])),
             top_logprobs=top if body.get("logprobs") else None,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            cached_tokens=body.get("mock_cached_tokens", 0),
         )
 
 
@@ -395,6 +403,7 @@ class _Plan:
     prompt_tokens: int
     top_logprobs: int | None  # None when logprobs were not requested
     include_usage: bool
+    cached_tokens: Any = 0  # reported as usage.prompt_tokens_details.cached_tokens
 
 
 def _choice(index: int, text: str, tool: str | None, as_json: bool, call_id: str) -> _Choice:
@@ -479,7 +488,7 @@ def _usage(plan: _Plan) -> JSON:
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": plan.prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": plan.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -527,9 +536,15 @@ def _chat_problem(body: Any) -> JSON | None:
 
 
 def _last_user_text(messages: list[JSON]) -> str:
+    # The first text part only: a model answers the user's words, not the reference data a
+    # gateway may append to the same message as a part of its own.
     for message in reversed(messages):
         if message.get("role") == "user":
-            return _text_of(message.get("content"))
+            content = message.get("content")
+            if isinstance(content, list):
+                content = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                content = content[:1]
+            return _text_of(content)
     return ""
 
 

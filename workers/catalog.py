@@ -1,7 +1,8 @@
 """Model catalog sync: each provider's ``GET /models`` (OpenRouter's format) into ``models``.
 
 Ids are served as the client names them: a provider with a ``prefix`` serves ``prefix + id``.
-Context length and per-token prices feed the context fit and cost accounting.
+Context length and per-token prices (prompt, completion, and cached input when the provider
+lists one: OpenRouter's ``input_cache_read``) feed the context fit and cost accounting.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def catalog_row(provider: Provider, model: dict[str, Any]) -> dict[str, Any]:
         "context_length": int(context) if isinstance(context, int | float) else None,
         "prompt_price": _price(pricing.get("prompt")),
         "completion_price": _price(pricing.get("completion")),
+        "cached_price": _price(pricing.get("input_cache_read")),
         "data": model,
     }
 

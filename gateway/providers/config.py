@@ -14,6 +14,9 @@ connect_timeout = 5
 retries = 2
 catalog = true                      # sync GET /models into the catalog
 headers = { "X-Title" = "cmg" }
+memory_placement = "user"           # where recalled memory goes: "user" (a text part of the
+                                    # latest user message) or "system" (a message before it)
+cache_control = false               # mark the end of the stable prefix for Anthropic models
 
 [alias]
 fast = "groq/llama-3.1-8b-instant"
@@ -37,6 +40,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from gateway.settings import Settings
+from memory.context import FORMS
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Provider:
     retries: int = 2
     catalog: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)
+    memory_placement: str = "user"
+    cache_control: bool = False
 
     # Built once per provider (providers are immutable), not once per request.
     @functools.cached_property
@@ -89,6 +95,8 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Provid
         timeout=settings.upstream_timeout,
         connect_timeout=settings.upstream_connect_timeout,
         retries=settings.upstream_retries,
+        memory_placement=_placement(settings.memory_placement, "CMG_MEMORY_PLACEMENT"),
+        cache_control=settings.cache_control,
     )
     raw: dict[str, Any] = {}
     if settings.providers_file:
@@ -124,4 +132,20 @@ def _provider(entry: Any, settings: Settings, env: Mapping[str, str]) -> Provide
         retries=int(entry.get("retries", settings.upstream_retries)),
         catalog=bool(entry.get("catalog", True)),
         headers={str(k): str(v) for k, v in entry.get("headers", {}).items()},
+        memory_placement=_placement(
+            entry.get("memory_placement", settings.memory_placement), "memory_placement"
+        ),
+        cache_control=_flag(entry.get("cache_control", settings.cache_control), "cache_control"),
     )
+
+
+def _placement(value: Any, where: str) -> str:
+    if value not in FORMS:
+        raise ConfigError(f"{where} must be one of {', '.join(FORMS)}, not {value!r}")
+    return str(value)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    return value

@@ -41,9 +41,12 @@ def wait_embedded(
         time.sleep(0.1)
 
 
-def sent_system_messages(mock: MockUpstream, marker: str) -> list[dict[str, Any]]:
+def sent_memory(mock: MockUpstream, marker: str) -> str:
+    """The memory block sent with the request carrying ``marker`` ("" when none): the text part
+    the gateway appends to the latest user message."""
     seen = mock.wait_for(lambda r: marker.encode() in r.body)
-    return [m for m in seen.json["messages"] if m["role"] == "system"]
+    content = seen.json["messages"][-1]["content"]
+    return content[-1]["text"] if isinstance(content, list) and len(content) > 1 else ""
 
 
 def chat(client: openai.OpenAI, content: str, thread: str | None = None, **kwargs: Any) -> Any:
@@ -141,9 +144,11 @@ def test_fact_from_one_thread_is_recalled_in_another(
             {"role": "user", "content": f"What is my cat called? ({marker})"},
         ],
     )  # fmt: skip
-    systems = sent_system_messages(mock, f"({marker})")
-    assert systems[0]["content"] == "You are kind."  # the client's own system message stays first
-    assert "Pixelbottom" in systems[1]["content"] and "not instructions" in systems[1]["content"]
+    sent = mock.wait_for(lambda r: f"({marker})".encode() in r.body).json["messages"]
+    assert sent[0] == {"role": "system", "content": "You are kind."}  # the client's, untouched
+    own, block = sent[1]["content"]  # the latest user turn: its own text, then the memory
+    assert own == {"type": "text", "text": f"What is my cat called? ({marker})"}
+    assert "Pixelbottom" in block["text"] and "not instructions" in block["text"]
     assert int(raw.headers["x-memory-items"]) >= 1 and int(raw.headers["x-memory-tokens"]) > 0
     record = http.get(
         f"/v1/memory/requests/{raw.headers['x-request-id']}",
@@ -159,13 +164,11 @@ def test_recall_never_crosses_end_users(
     chat(client, "My passport number ends in Zanzibar-77.", f"a-{marker}", user="alice")
     wait_embedded(http, tenant.key, f"a-{marker}", 2)
     chat(client, f"What does my passport number end in? {marker}", f"b-{marker}", user="bob")
-    systems = sent_system_messages(mock, marker)
-    assert not any("Zanzibar" in m["content"] for m in systems)
+    assert "Zanzibar" not in sent_memory(mock, marker)
     chat(
         client, f"What does my passport number end in? again {marker}", f"c-{marker}", user="alice"
     )
-    systems = sent_system_messages(mock, f"again {marker}")
-    assert any("Zanzibar" in m["content"] for m in systems)
+    assert "Zanzibar" in sent_memory(mock, f"again {marker}")
 
 
 @pytest.mark.parametrize(
@@ -183,8 +186,7 @@ def test_memory_modes(
     raw = chat(
         client, f"What is the launch code word? {marker}", thread, headers={"X-Memory": mode}
     )
-    systems = sent_system_messages(mock, marker)
-    assert any("Marmalade" in m["content"] for m in systems) is injected
+    assert ("Marmalade" in sent_memory(mock, marker)) is injected
     found = http.get(
         f"/v1/memory/threads/{thread}", headers={"Authorization": f"Bearer {tenant.key}"}
     )
@@ -247,13 +249,11 @@ def test_another_workspaces_memory_is_never_injected_nor_its_record_shown(
     chat(client, "Our wifi password is Tangerine-Falcon.", f"own-{marker}")
     wait_embedded(http, tenant.key, f"own-{marker}", 2)
     raw = chat(client, f"What is the wifi password? {marker}", f"own2-{marker}")
-    assert any("Tangerine" in m["content"] for m in sent_system_messages(mock, marker))
+    assert "Tangerine" in sent_memory(mock, marker)
     intruder = make_tenant(services)
     with gateway.client(intruder.key) as other:
         chat(other, f"What is the wifi password? other {marker}")
-    assert not any(
-        "Tangerine" in m["content"] for m in sent_system_messages(mock, f"other {marker}")
-    )
+    assert "Tangerine" not in sent_memory(mock, f"other {marker}")
     leaked = http.get(
         f"/v1/memory/requests/{raw.headers['x-request-id']}",
         headers={"Authorization": f"Bearer {intruder.key}"},
