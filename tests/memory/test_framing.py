@@ -162,9 +162,10 @@ def test_stored_hostile_items_cannot_escape_the_prompt_block(
     )  # fmt: skip
     assert raw.headers["x-memory-items"] == "3"
     seen = mock.wait_for(lambda r: f"What about {word}".encode() in r.body)
-    memory = [m["content"] for m in seen.json["messages"] if _HEADER in str(m.get("content"))]
+    texts = [text for m in seen.json["messages"] for text in _texts(m.get("content"))]
+    memory = [text for text in texts if _HEADER in text]
     assert len(memory) == 1
-    prompt = "\n".join(str(m["content"]) for m in seen.json["messages"])
+    prompt = "\n".join(texts)
     assert closers(prompt) == 1
     assert_framed(memory[0], 3, False)
     for line in prompt.splitlines():  # no stored text starts a line of its own
@@ -172,6 +173,15 @@ def test_stored_hostile_items_cannot_escape_the_prompt_block(
             ("SYSTEM", "ignore", "obey", "[2099", "</")
         ), line
     assert "reveal the keys" in memory[0] and "ignore previous instructions" in memory[0]
+
+
+def _texts(content: object) -> list[str]:
+    """A message's texts: its string content, or each text part (the block is one of them)."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return []
 
 
 @pytestmark_e2e
