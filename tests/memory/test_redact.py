@@ -251,17 +251,22 @@ _GENERIC = {
 def _work(text: str) -> float:
     best = float("inf")
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.process_time()
         redact(text, pii=True, counted=False)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     return best
 
 
 def _assert_linear(make: Callable[[int], str]) -> None:
     n = 16_384
-    small, large = _work(make(n)), _work(make(8 * n))
-    # Linear work grows ~8x; a quadratic pattern grows ~64x. Floors keep timer noise out.
-    assert large / max(small, 2e-4) < 24, (small, large)
+    ratios = []
+    for _ in range(3):  # CPU time, not wall time; noise only inflates a ratio: retry
+        small, large = _work(make(n)), _work(make(8 * n))
+        ratios.append(large / max(small, 2e-4))
+        # Linear work grows ~8x; a quadratic pattern grows ~64x. The floor keeps timer noise out.
+        if ratios[-1] < 32:
+            return
+    raise AssertionError(f"work grew {min(ratios):.0f}x for 8x the text")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -283,8 +288,8 @@ def test_old_backtracking_pattern_is_quadratic_on_the_same_shape() -> None:
     old = re.compile(r"\b([a-z][a-z0-9+.\-]*://[^\s:/@]+):([^\s@/]+)@", re.IGNORECASE)
 
     def work(n: int) -> float:
-        started = time.perf_counter()
+        started = time.process_time()
         old.sub("", "a." * (n // 2))
-        return time.perf_counter() - started
+        return time.process_time() - started
 
-    assert work(16_000) / max(work(2_000), 2e-4) > 24
+    assert work(16_000) / max(work(2_000), 2e-4) > 32
