@@ -208,6 +208,17 @@ _SECRETS = [_Compiled(r) for r in _SECRET_RULES]
 _PII = [_Compiled(r) for r in _PII_RULES]
 
 
+def _any_of(rules: tuple[Rule, ...]) -> Any:
+    """One program matching wherever any rule might: most texts hold no secret, and one scan
+    answers that for them (~10 us) instead of a pass per rule."""
+    bare = [re2.sub(r"\(\?P<\w+>", "(?:", r.pattern) for r in rules]
+    return re2.compile("|".join(f"(?:{p})" for p in bare), _OPTIONS)
+
+
+_ANY_SECRET = _any_of(_SECRET_RULES)
+_ANY_PII = _any_of(_PII_RULES)
+
+
 def redact(text: str, *, pii: bool = False, counted: bool = True) -> str:
     """``text`` with every secret (and with ``pii``, emails, phones, cards) masked.
 
@@ -215,9 +226,10 @@ def redact(text: str, *, pii: bool = False, counted: bool = True) -> str:
     loop run it in a thread. ``counted=False`` for redaction that stores nothing (hashing).
     """
     counts: dict[str, int] = {}
-    for rule in _SECRETS:
-        text = rule.sub(text, counts)
-    if pii:
+    if _ANY_SECRET.search(text) is not None:
+        for rule in _SECRETS:
+            text = rule.sub(text, counts)
+    if pii and _ANY_PII.search(text) is not None:
         for rule in _PII:
             text = rule.sub(text, counts)
     if counted:
