@@ -12,6 +12,7 @@ from collections.abc import Callable
 from gateway.auth import Caller
 from gateway.deps import Deps
 from gateway.limits import Admission, limits_for
+from memory.offload import offload
 
 
 def _no_tokens() -> int:
@@ -19,17 +20,23 @@ def _no_tokens() -> int:
 
 
 async def admit(
-    deps: Deps, caller: Caller, tokens: Callable[[], int] = _no_tokens, *, budget: bool = True
+    deps: Deps,
+    caller: Caller,
+    tokens: Callable[[], int] = _no_tokens,
+    *,
+    budget: bool = True,
+    size: int = 0,
 ) -> Admission:
     """Charge one request (and ``tokens()`` against TPM), else ``RateLimited``/``QuotaExceeded``.
 
     ``budget=False`` skips the spending check for calls that cost nothing and must stay open
-    to a workspace over budget (deleting what it stored).
+    to a workspace over budget (deleting what it stored). ``size`` (the request's bytes) sends
+    a large estimate off the event loop.
     """
     if budget:
         await deps.usage.check_budget(
             caller.workspace_id, caller.settings.get("monthly_budget_usd")
         )
     limits = limits_for(caller)
-    estimate = tokens() if any(lim.tpm for lim in limits) else 0
+    estimate = await offload(size, tokens) if any(lim.tpm for lim in limits) else 0
     return await deps.limiter.admit(limits, estimate)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway import metrics
+from gateway import lag, metrics
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.limits import Limiter
@@ -101,6 +101,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
         deps.tasks.append(asyncio.create_task(metrics.sample_background(deps)))
+        deps.tasks.append(asyncio.create_task(lag.watch_loop()))
         # Everything loaded so far (models, encodings, SQLAlchemy, routes) lives as long as the
         # process: out of the collector's sight, a full collection takes milliseconds instead
         # of ~100 ms stalls every second or two under load.

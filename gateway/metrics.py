@@ -86,6 +86,14 @@ FAIL_OPEN = Counter(
     "cmg_ratelimit_fail_open_total", "Requests let through because the limiter was unreachable."
 )
 AUTH_FAILURES = Counter("cmg_auth_failures_total", "Requests refused at authentication.", ["code"])
+REDACTIONS = Counter(
+    "cmg_redactions_total", "Secrets (and PII) masked before storage, by kind.", ["kind"]
+)
+LOOP_LAG = Gauge(
+    "cmg_event_loop_lag_seconds",
+    "How late the event loop ran a timer lately (the worst of the last few seconds).",
+    multiprocess_mode="max",
+)
 JOB_DURATION = Histogram(
     "cmg_job_duration_seconds", "Background job run time by job.", ["job"], buckets=_LATENCY
 )

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory import context, store
 from memory.db import ReadPool
 from memory.embedder import Embedder
+from memory.offload import offload, text_size
 from memory.recall import (
     DocCounts,
     Filters,
@@ -133,12 +134,11 @@ class Memory:
             _meanwhile(embed() if query else _nothing()) as vector,
             _meanwhile(self._lexical(filters, query, depth) if query else _nothing()) as text,
         ):
-            trimmed, dropped = context.fit_window(
-                messages, model, window, reserve + self.knobs.max_tokens
-            )
-            exclude = frozenset(
-                store.content_hash(redact(store.message_text(m), pii=scope.pii)) for m in turns
-            )
+            # Counting, redacting and hashing the whole history: off the loop when it is big.
+            trimmed, dropped, exclude = await offload(
+                text_size(messages), _prepare, messages, turns, scope.pii,
+                model, window, reserve + self.knobs.max_tokens,
+            )  # fmt: skip
             async with self.reads.connection() as conn:
                 next_position, summary = 0, None
                 if scope.thread_id is not None:
@@ -235,6 +235,18 @@ async def _meanwhile(work: Awaitable[T]) -> AsyncIterator[asyncio.Task[T]]:
         with contextlib.suppress(BaseException):
             await task
         raise
+
+
+def _prepare(
+    messages: list[Any], turns: list[dict[str, Any]], pii: bool, model: str, window: int,
+    reserve: int,
+) -> tuple[list[Any], int, frozenset[str]]:  # fmt: skip
+    """The messages fitted to the window, and the hashes of what the request already holds."""
+    trimmed, dropped = context.fit_window(messages, model, window, reserve)
+    exclude = frozenset(
+        store.content_hash(redact(store.message_text(m), pii=pii, counted=False)) for m in turns
+    )
+    return trimmed, dropped, exclude
 
 
 async def _nothing() -> None:

@@ -20,7 +20,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memory.redact import redact
+from memory.offload import offload, text_size
+from memory.redact import redact, redact_metadata
 from memory.schema import Injection, MemoryItem, Thread
 from memory.tokens import count_text
 from workers.outbox import EMBED, SUMMARIZE, record
@@ -95,17 +96,8 @@ async def save_turn(
     if answer is not None:
         turns = [*turns, answer]
     stored = await _lock_thread(session, scope)
-    rows = []
-    for position, message in enumerate(turns):
-        if position < stored.next_position:
-            continue
-        content = message_text(message)
-        if not content:
-            continue
-        rows.append(
-            _row(scope, NewItem(content, "message", str(message.get("role")), scope.thread_id,
-                                scope.end_user), position)
-        )  # fmt: skip
+    new = [(p, m) for p, m in enumerate(turns) if p >= stored.next_position]
+    rows = await offload(text_size(m for _, m in new), _message_rows, scope, new)
     ids = await _insert(session, rows, conflict_on_position=True)
     new_tokens = sum(r["token_count"] for r in rows if r["id"] in set(ids))
     stored.next_position = max(stored.next_position, len(turns))
@@ -135,7 +127,8 @@ async def add_items(
     for item in items:
         if item.thread_id:
             await _lock_thread(session, Scope(workspace_id, item.thread_id, item.end_user, pii))
-    rows = [_row(scope, item, None) for item in items]
+    size = sum(len(i.content) + (len(dumps(i.metadata)) if i.metadata else 0) for i in items)
+    rows = await offload(size, lambda: [_row(scope, item, None) for item in items])
     ids = await _insert(session, rows, conflict_on_position=False)
     record(session, EMBED, "embed_items", item_ids=[str(i) for i in ids])
     return ids
@@ -181,7 +174,20 @@ async def _lock_thread(session: AsyncSession, scope: Scope) -> Thread:
     return thread
 
 
+def _message_rows(scope: Scope, new: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for position, message in new:
+        content = message_text(message)
+        if content:
+            item = NewItem(
+                content, "message", str(message.get("role")), scope.thread_id, scope.end_user
+            )
+            rows.append(_row(scope, item, position))
+    return rows
+
+
 def _row(scope: Scope, item: NewItem, position: int | None) -> dict[str, Any]:
+    """One item as stored: redacted (content and metadata), hashed, counted. CPU only."""
     content = redact(item.content.replace("\x00", ""), pii=scope.pii)
     row: dict[str, Any] = {
         "id": uuid.uuid4(),
@@ -194,7 +200,7 @@ def _row(scope: Scope, item: NewItem, position: int | None) -> dict[str, Any]:
         "content": content,
         "content_hash": content_hash(content),
         "token_count": count_text(content, _COUNT_MODEL),
-        "meta": item.metadata,
+        "meta": redact_metadata(item.metadata, pii=scope.pii),
     }
     if item.created_at is not None:
         row["created_at"] = item.created_at

@@ -45,6 +45,7 @@ _REPLY_PRIMING = 3
 _IMAGE_PART_TOKENS = 85
 _IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 
+_PIECE = 4096
 _load_lock = threading.Lock()
 
 
@@ -58,7 +59,28 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 
 
 def count_text(text: str, model: str) -> int:
-    return len(encoding_for_model(model).encode_ordinary(text))
+    return _count(encoding_for_model(model), text)
+
+
+def _count(encoding: tiktoken.Encoding, text: str) -> int:
+    """Tokens of ``text``, encoded in pieces of at most ``_PIECE`` characters.
+
+    tiktoken's pre-tokenizer backtracks (``\\s+(?!\\S)``): a long run of spaces costs it
+    quadratic time and 1 MB of them overflows its stack (a panic, not an exception); BPE on
+    one long "word" is superlinear too. Pieces bound both, so counting is linear. Cuts fall
+    just before a space that starts a word, where tiktoken would split anyway, so ordinary
+    text counts exactly as in one call; only giant words or space runs may differ by a token
+    per cut.
+    """
+    if len(text) <= _PIECE:
+        return len(encoding.encode_ordinary(text))
+    total, start = 0, 0
+    while len(text) - start > _PIECE:
+        end = start + _PIECE
+        cut = _cut(text, start + _PIECE // 2, end)
+        total += len(encoding.encode_ordinary(text[start:cut]))
+        start = cut
+    return total + len(encoding.encode_ordinary(text[start:]))
 
 
 def count_messages(messages: list[dict[str, Any]], model: str) -> int:
@@ -71,6 +93,18 @@ def count_messages(messages: list[dict[str, Any]], model: str) -> int:
         if isinstance(message, dict):
             total += _TOKENS_PER_MESSAGE + _count_message(message, encoding)
     return total
+
+
+def _cut(text: str, low: int, end: int) -> int:
+    """The last space in ``text[low:end]`` between two non-spaces, else ``end`` (a hard cut)."""
+    cut = end
+    for _ in range(64):  # bounded: a window of spaces ends in a hard cut
+        cut = text.rfind(" ", low, cut)
+        if cut <= low:
+            return end
+        if not (text[cut + 1 : cut + 2].isspace() or text[cut - 1 : cut].isspace()):
+            return cut
+    return end
 
 
 def _encoding_name(model: str) -> str:
@@ -129,16 +163,16 @@ def _count_message(message: dict[Any, Any], encoding: tiktoken.Encoding) -> int:
         elif key == "function_call":
             total += _count_function(value, encoding)
         elif isinstance(value, str):  # role, name, tool_call_id...
-            total += len(encoding.encode_ordinary(value))
+            total += _count(encoding, value)
             total += _TOKENS_PER_NAME if key == "name" else 0
     return total
 
 
 def _count_content(content: Any, encoding: tiktoken.Encoding) -> int:
     if isinstance(content, str):
-        return len(encoding.encode_ordinary(content))
+        return _count(encoding, content)
     if isinstance(content, int | float) and not isinstance(content, bool):
-        return len(encoding.encode_ordinary(str(content)))
+        return _count(encoding, str(content))
     if isinstance(content, list):
         return sum(_count_part(part, encoding) for part in content)
     return 0
@@ -146,13 +180,13 @@ def _count_content(content: Any, encoding: tiktoken.Encoding) -> int:
 
 def _count_part(part: Any, encoding: tiktoken.Encoding) -> int:
     if isinstance(part, str):
-        return len(encoding.encode_ordinary(part))
+        return _count(encoding, part)
     if not isinstance(part, dict):
         return 0
     kind = part.get("type")
     text = part.get("text")
     if kind == "text" and isinstance(text, str):
-        return len(encoding.encode_ordinary(text))
+        return _count(encoding, text)
     if kind in _IMAGE_PART_TYPES:
         return _IMAGE_PART_TOKENS
     return 0
@@ -175,5 +209,5 @@ def _count_function(function: Any, encoding: tiktoken.Encoding) -> int:
         if isinstance(value, dict | list):  # some clients send arguments as an object
             value = json.dumps(value, default=str)
         if isinstance(value, str):
-            total += len(encoding.encode_ordinary(value))
+            total += _count(encoding, value)
     return total

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,42 @@ def test_encodings_load_with_networking_disabled(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "2"]
     assert not cache.exists()  # nothing written to, or read from, tiktoken's download cache
+
+
+# --- hostile shapes: counting stays linear and never panics ---------------------------------
+
+_SHAPES = ("a", "1", " ", "\n", " \n", "ab ", "\u00e9", "\u65e5\u672c", "<|", "a.")
+
+
+def _work(text: str) -> float:
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        count_text(text, "gpt-4o")
+        best = min(best, time.process_time() - started)
+    return best
+
+
+@pytest.mark.parametrize("unit", _SHAPES)
+def test_counting_is_linear_on_long_runs(unit: str) -> None:
+    n = 64_000
+    count_text(unit, "gpt-4o")  # the encoding loaded before timing
+    ratios = []
+    for _ in range(3):  # CPU time, not wall time; noise only inflates a ratio: retry
+        small, large = _work(unit * (n // len(unit))), _work(unit * (8 * n // len(unit)))
+        ratios.append(large / max(small, 2e-4))
+        # ~8x when linear; tiktoken alone goes quadratic on space runs (and panics past ~1 MB).
+        if ratios[-1] < 32:
+            return
+    raise AssertionError(f"work grew {min(ratios):.0f}x for 8x the text")
+
+
+def test_a_megabyte_of_spaces_counts_without_a_panic() -> None:
+    assert count_text(" " * 1_048_576, "gpt-4o") > 0
+
+
+def test_pieces_count_ordinary_text_exactly() -> None:
+    words = ["the", "quick", "naïve", "日本語", "x@y.com", "1234", "\n", "  ", "https://a.b/c"]
+    text = " ".join(words[(i * 7) % len(words)] for i in range(30_000))
+    encoding = encoding_for_model("gpt-4o")
+    assert count_text(text, "gpt-4o") == len(encoding.encode_ordinary(text))
