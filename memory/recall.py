@@ -43,6 +43,7 @@ Conn = AsyncConnection[Any]
 RRF_K = 5
 W_LEXICAL = 1.0
 W_VECTOR = 0.5
+W_CONTEXT = 0.5  # a neighbour's words count half as much as the item's own (README "Recall")
 _BM25_K1 = 1.2
 _BM25_B = 0.75
 _MAX_QUERY_LEXEMES = 16
@@ -65,6 +66,8 @@ class Hit:
     score: float = 0.0
     similarity: float | None = None
     lexical: float | None = None
+    explain: dict[str, Any] | None = None
+    matched: bool = True  # shares a word or a name with the query (else: the similarity floor)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class Hit:
             "score": round(self.score, 6),
             "similarity": None if self.similarity is None else round(self.similarity, 6),
             "lexical_score": None if self.lexical is None else round(self.lexical, 6),
+            **({"explain": self.explain} if self.explain is not None else {}),
         }
 
 
@@ -286,16 +290,17 @@ async def query_terms(conn: Conn, filters: Filters, query: str, counts: DocCount
 
 
 async def lexical_leg(
-    conn: Conn, filters: Filters, query: str, n: int, counts: DocCounts
-) -> list[Hit]:
+    conn: Conn, filters: Filters, query: str, n: int, counts: DocCounts,
+    terms: QueryTerms | None = None,
+) -> list[Hit]:  # fmt: skip
+    """BM25 over each item's own text plus, weighted by ``W_CONTEXT``, its neighbours' text."""
     where, params = filters.sql()
-    terms = await query_terms(conn, filters, query, counts)
+    terms = terms or await query_terms(conn, filters, query, counts)
     df, idf, useful, avg_len = terms.df, terms.idf, terms.useful, terms.avg_len
     if not useful:
         return []
-    scored = " + ".join(
-        f"(tsv @@ %(lex{i})s::tsquery)::int * %(idf{i})s" for i in range(len(useful))
-    )
+    own = " + ".join(f"(tsv @@ %(lex{i})s::tsquery)::int * %(idf{i})s" for i in range(len(useful)))
+    around = own.replace("(tsv @@", "(ctx_tsv @@")
     for i, lexeme in enumerate(useful):
         params[f"lex{i}"], params[f"idf{i}"] = _quote_lexeme(lexeme), idf[lexeme]
     # Scoped to an end user or thread, the planner reads that scope's rows instead: no cap.
@@ -305,23 +310,51 @@ async def lexical_leg(
         tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len, n=max(2 * n, 40)
     )
     # BM25 with every term frequency taken as 1 ranks the candidates in SQL; only the top
-    # ones come back, with their tsvector as text for the exact BM25 below.
+    # ones come back, with their tsvectors as text for the exact BM25 below.
+    norm = f"(1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * length(%s) / %%(avg)s::float8))"
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS}, tsv::text AS tsv_text FROM ("
-        f"SELECT {_COLUMNS}, tsv, ({scored}) / "
-        f"(1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * length(tsv) / %(avg)s::float8))"
-        " AS approx "
-        f"FROM memory_items WHERE {where} AND tsv @@ %(tsq)s::tsquery "
+        f"SELECT {_COLUMNS}, tsv::text, ctx_tsv::text FROM ("
+        f"SELECT {_COLUMNS}, tsv, ctx_tsv, ({own}) / {norm % 'tsv'} + "
+        f"{W_CONTEXT} * ({around}) / {norm % 'ctx_tsv'} / 2 AS approx "
+        f"FROM memory_items WHERE {where} AND (tsv @@ %(tsq)s::tsquery "
+        "OR ctx_tsv @@ %(tsq)s::tsquery) "
         "ORDER BY approx DESC, created_at DESC LIMIT %(n)s) AS top",
         params,
     )
     hits = []
     for row in await cursor.fetchall():
         hit = _hit(row)
-        hit.lexical = _bm25(_term_freqs(row[-1]), idf, avg_len)
+        hit.lexical = _bm25(_term_freqs(row[-2]), idf, avg_len) + W_CONTEXT * _bm25(
+            _term_freqs(row[-1]), idf, 2 * avg_len
+        )
         hits.append(hit)
     hits.sort(key=lambda h: (h.lexical or 0.0, h.created_at), reverse=True)
     return hits[:n]
+
+
+async def entity_leg(
+    conn: Conn, filters: Filters, keys: Sequence[str], n: int, vector: str | None = None
+) -> list[Hit]:
+    """Items whose ingest-time keys (``memory.keys``) share the most with the question's.
+
+    Ties (a name said in many turns) go to the items nearest the query vector, when there is one.
+    """
+    if not keys:
+        return []
+    where, params = filters.sql()
+    params.update(keys=list(keys), n=n)
+    near = "created_at DESC"
+    if vector is not None:
+        params["q"] = vector
+        near = "embedding <=> %(q)s::vector"
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS}, cardinality(ARRAY(SELECT unnest(keys) INTERSECT "
+        "SELECT unnest(%(keys)s::text[]))) AS matched "
+        f"FROM memory_items WHERE {where} AND embedding IS NOT NULL AND keys && %(keys)s::text[] "
+        f"ORDER BY matched DESC, {near} LIMIT %(n)s",
+        params,
+    )
+    return [_hit(row) for row in await cursor.fetchall()]
 
 
 def _rarest(useful: list[str], df: dict[str, int]) -> list[str]:
