@@ -61,7 +61,9 @@ class Ranker:
         return cls({f: float(weights[f]) for f in FEATURES}, float(values[-1]), meta)
 
     def score(self, features: Mapping[str, float]) -> float:
-        return self.bias + sum(w * features.get(f, 0.0) for f, w in self.weights.items())
+        """The model's probability that this candidate is what the query asks for (0-1)."""
+        logit = self.bias + sum(w * features.get(f, 0.0) for f, w in self.weights.items())
+        return 1 / (1 + math.exp(-max(min(logit, 30.0), -30.0)))
 
     def save(self, path: Path) -> None:
         body = {"weights": {f: round(w, 6) for f, w in self.weights.items()},

@@ -220,8 +220,13 @@ class Memory:
                     assert literal is not None
                     by_vector = await vector_leg(conn, filters, literal, depth)
                 found = await text
-                return fuse(by_vector, found[1] if found else None, limit=k,
+                hits = fuse(by_vector, found[1] if found else None, limit=k,
                             min_similarity=-1.0, both=False)  # fmt: skip
+                if explain:
+                    for rank, hit in enumerate(hits, 1):
+                        leg_score = hit.similarity if by_vector is not None else hit.lexical
+                        hit.explain = {"legs": {legs[0]: {"rank": rank, "score": leg_score}}}
+                return hits
 
     async def _rank(
         self,

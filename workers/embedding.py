@@ -176,3 +176,44 @@ def reembed(
             record(session, EMBED, "embed_items", item_ids=[str(i) for i in chunk])
             cleared.extend(chunk)
     return len(cleared)
+
+
+_STALE = text(
+    "SELECT id, workspace_id, content, created_at FROM memory_items "
+    "WHERE id > :after AND embedding IS NOT NULL "
+    "AND index_version IS DISTINCT FROM :version AND (CAST(:ws AS uuid) IS NULL "
+    "OR workspace_id = CAST(:ws AS uuid)) ORDER BY id LIMIT :limit"
+)
+_KEYS = text(
+    """
+    UPDATE memory_items AS m
+    SET keys = ARRAY(SELECT jsonb_array_elements_text(v.keys)), index_version = :version
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS jsonb[])) AS v(id, keys)
+    WHERE m.id = v.id
+    """
+)
+
+
+def reindex(
+    engine: Engine, *, workspace_id: uuid.UUID | None = None, batch: int = REEMBED_JOB_SIZE
+) -> int:
+    """Give embedded items the current index (context, keys) in small transactions.
+
+    Online: each batch is one short transaction, so search and capture go on meanwhile.
+    Idempotent and resumable: a row records its ``index_version``; a second run, or one after
+    an interruption, only finds the rows still lacking it. Returns how many rows it indexed.
+    """
+    done, after = 0, uuid.UUID(int=0)
+    while True:
+        with Session(engine) as session, session.begin():
+            params = {"after": after, "version": INDEX_VERSION, "limit": batch}
+            rows = session.execute(_STALE, {**params, "ws": workspace_id}).all()
+            if not rows:
+                return done
+            index_context(session, [r.id for r in rows])
+            keys = [orjson.dumps(item_keys(r.content, r.created_at)).decode() for r in rows]
+            session.execute(
+                _KEYS, {"ids": [r.id for r in rows], "keys": keys, "version": INDEX_VERSION}
+            )
+        done += len(rows)
+        after = rows[-1].id

@@ -102,9 +102,21 @@ class _Embedder:
         return np.ones((len(texts), 3), dtype=np.float32)
 
 
+async def _no_terms(*_: Any) -> None:
+    return None
+
+
+async def _nothing_found(*_: Any) -> list[Hit]:
+    return []
+
+
 def _memory(monkeypatch: pytest.MonkeyPatch, vector_leg: Any, lexical_leg: Any) -> Memory:
     monkeypatch.setattr(service, "vector_leg", vector_leg)
     monkeypatch.setattr(service, "lexical_leg", lexical_leg)
+    # Only the two legs' plumbing is under test here: the other steps read nothing.
+    monkeypatch.setattr(service, "query_terms", _no_terms)
+    monkeypatch.setattr(service, "entity_leg", _nothing_found)
+    monkeypatch.setattr(service.candidates, "widen", _nothing_found)
     started = threading.Event()
     knobs = Knobs(max_tokens=100, max_items=4, min_similarity=0.3, candidates=5,
                   summary_threshold=100)  # fmt: skip
