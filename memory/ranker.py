@@ -97,3 +97,53 @@ def fit(
         if float(np.abs(step).max()) < 1e-6:
             break
     return [float(v) for v in w[:-1]], float(w[-1])
+
+
+def fit_lists(
+    lists: Sequence[tuple[Sequence[Sequence[float]], Sequence[int]]],
+    list_weights: Sequence[float],
+    *,
+    l2: float = 1e-3,
+    steps: int = 400,
+) -> tuple[list[float], float]:
+    """Listwise fit: per query, the softmax over its candidates puts its mass on the evidence.
+
+    What recall@k rewards is the order within one query's candidates, so that is what the loss
+    sees (a pointwise fit also spends itself on telling queries apart). Features are
+    standardised for the descent and the weights mapped back, so scoring stays a dot product;
+    a final one-feature logistic fit turns the score into a probability. Returns
+    (weights, bias).
+    """
+    import numpy as np
+
+    usable = [
+        (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), w)
+        for (x, y), w in zip(lists, list_weights, strict=True)
+        if sum(y) and len(y) > 1
+    ]
+    x = np.vstack([u[0] for u in usable])
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / std
+    starts = np.cumsum([0] + [len(u[1]) for u in usable])[:-1]
+    target = np.concatenate([u[1] / u[1].sum() for u in usable])
+    weight = np.asarray([u[2] for u in usable])
+    weight = weight / weight.sum()
+    row_weight = np.repeat(weight, [len(u[1]) for u in usable])
+    w = np.zeros(x.shape[1])
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for step in range(1, steps + 1):
+        logits = z @ w
+        top = np.maximum.reduceat(logits, starts)
+        exp = np.exp(logits - np.repeat(top, np.diff(np.append(starts, len(logits)))))
+        prob = exp / np.repeat(
+            np.add.reduceat(exp, starts), np.diff(np.append(starts, len(logits)))
+        )
+        grad = z.T @ (row_weight * (prob - target)) + l2 * w
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        w -= 0.05 * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    raw = w / std
+    logits = x @ raw
+    labels = np.concatenate([u[1] > 0 for u in usable]).astype(int)
+    (scale,), bias = fit(logits[:, None].tolist(), labels.tolist(), l2=0.0)
+    return [float(c) for c in raw * scale], bias
