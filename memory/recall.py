@@ -300,12 +300,18 @@ async def lexical_leg(
     if not useful:
         return []
     own = " + ".join(f"(tsv @@ %(lex{i})s::tsquery)::int * %(idf{i})s" for i in range(len(useful)))
-    around = own.replace("(tsv @@", "(ctx_tsv @@")
     for i, lexeme in enumerate(useful):
         params[f"lex{i}"], params[f"idf{i}"] = _quote_lexeme(lexeme), idf[lexeme]
-    # Scoped to an end user or thread, the planner reads that scope's rows instead: no cap.
+    # Scoped to an end user or thread, the planner reads that scope's rows instead: no cap, and
+    # items match through their neighbours' words too. Across a whole large workspace that
+    # doubles the rows scored (README "Recall latency"): there only the widening (the top
+    # hits' neighbours) brings the context in.
     scoped = filters.end_user is not None or filters.thread_id is not None
     candidates = useful if scoped else _rarest(useful, df)
+    around, either = "0", "tsv @@ %(tsq)s::tsquery"
+    if scoped:
+        around = own.replace("(tsv @@", "(ctx_tsv @@")
+        either = f"({either} OR ctx_tsv @@ %(tsq)s::tsquery)"
     params.update(
         tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len, n=max(2 * n, 40)
     )
@@ -316,8 +322,7 @@ async def lexical_leg(
         f"SELECT {_COLUMNS}, tsv::text, ctx_tsv::text FROM ("
         f"SELECT {_COLUMNS}, tsv, ctx_tsv, ({own}) / {norm % 'tsv'} + "
         f"{W_CONTEXT} * ({around}) / {norm % 'ctx_tsv'} / 2 AS approx "
-        f"FROM memory_items WHERE {where} AND (tsv @@ %(tsq)s::tsquery "
-        "OR ctx_tsv @@ %(tsq)s::tsquery) "
+        f"FROM memory_items WHERE {where} AND {either} "
         "ORDER BY approx DESC, created_at DESC LIMIT %(n)s) AS top",
         params,
     )
@@ -344,7 +349,9 @@ async def entity_leg(
     where, params = filters.sql()
     params.update(keys=list(keys), n=n)
     near = "created_at DESC"
-    if vector is not None:
+    # Within one end user or thread, ties go to the items nearest the query; across a whole
+    # workspace a name can match thousands of items: newest first, no distance computed.
+    if vector is not None and (filters.end_user is not None or filters.thread_id is not None):
         params["q"] = vector
         near = "embedding <=> %(q)s::vector"
     cursor = await conn.execute(
