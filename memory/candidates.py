@@ -50,6 +50,8 @@ class Candidate:
     keys: frozenset[str] = frozenset()
     bm25: float = 0.0
     bm25_context: float = 0.0
+    coverage: float = 0.0  # share of the query's idf mass in the item's own text
+    coverage_context: float = 0.0  # ... in its own text or its neighbours'
     features: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,6 +152,10 @@ async def _hydrate(
         if terms is not None:
             candidate.bm25 = _bm25(row[15], int(row[13]), terms, terms.avg_len)
             candidate.bm25_context = _bm25(row[16], int(row[14]), terms, 2 * terms.avg_len)
+            mass = sum(terms.idf.values()) or 1.0
+            candidate.coverage = sum(terms.idf.get(t, 0.0) for t in row[15]) / mass
+            either = set(row[15]) | set(row[16])
+            candidate.coverage_context = sum(terms.idf.get(t, 0.0) for t in either) / mass
     return added
 
 
@@ -176,6 +182,8 @@ def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candi
     best_session = max(sessions.values(), default=0.0) or 1.0
     newest = sorted(cands, key=lambda c: c.hit.created_at, reverse=True)
     recency = {c.hit.id: 1 - i / max(len(cands) - 1, 1) for i, c in enumerate(newest)}
+    by_sim = _pool_ranks(cands, sims)
+    by_lexical = _pool_ranks(cands, lexical)
     speakers = {f"speaker:{n}" for n in qkeys.names}
     mentions = {f"name:{n}" for n in qkeys.names}
     for c in cands:
@@ -189,6 +197,10 @@ def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candi
             "bm25": c.bm25 / max_bm25,
             "bm25_context": c.bm25_context / max_bm25,
             "lexical_rr": _rr(c, "lexical"),
+            "sim_pool_rr": 1 / math.sqrt(by_sim[hid]),
+            "lexical_pool_rr": 1 / math.sqrt(by_lexical[hid]) if lexical[hid] > 0 else 0.0,
+            "coverage": c.coverage,
+            "coverage_context": c.coverage_context,
             "entity_rr": _rr(c, "entity"),
             "names": named / len(qkeys.names) if qkeys.names else 0.0,
             "speaker": 1.0 if keys & speakers else 0.0,
@@ -204,6 +216,11 @@ def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candi
             "widened": 1.0 if "widened" in c.legs else 0.0,
         }
     return cands
+
+
+def _pool_ranks(cands: Sequence[Candidate], value: dict[uuid.UUID, float]) -> dict[uuid.UUID, int]:
+    ordered = sorted(cands, key=lambda c: value[c.hit.id], reverse=True)
+    return {c.hit.id: rank for rank, c in enumerate(ordered, 1)}
 
 
 def _rr(c: Candidate, leg: str) -> float:

@@ -21,7 +21,8 @@ DEFAULT_PATH = Path(__file__).with_name("data") / "ranker.json"
 FEATURES = (
     "sim", "sim_gap", "vector_rr", "bm25", "bm25_context", "lexical_rr", "entity_rr", "names",
     "speaker", "mentioned", "date", "when_time", "neighbour_sim", "neighbour_lexical", "session",
-    "session_rr", "length", "recency", "widened",
+    "session_rr", "length", "recency", "widened", "sim_pool_rr", "lexical_pool_rr", "coverage",
+    "coverage_context",
 )  # fmt: skip
 
 
