@@ -1,32 +1,39 @@
-"""The recall eval's data: generated multi-session conversations and questions about them.
+"""The recall eval's generated set: multi-session chats that are hard the way real ones are.
 
-Deterministic (one seed), built by code, nothing downloaded. Each persona (an end user) talks to
-the assistant over ``SESSIONS`` threads spread over months. Early sessions state facts (a pet, a
-partner, an allergy, a trip, numbers...) among filler that reuses the facts' vocabulary: other
-people's pets, cities a coworker moves to, hypothetical names, companies in the news. Later
-sessions update two facts (a second move, a new job) and state the second half of the
-multi-hop chains. The questions, which are not ingested, come in four categories:
+Deterministic (one seed), built by code from templates and pools, nothing downloaded; the
+templates were written before measuring, not fitted to a ranker. Each persona (an end user)
+talks to the assistant over ``SESSIONS`` dated threads. Every fact sits in small talk (an
+opener and a closer around it, chit-chat pairs and look-alike chatter between facts), and the
+questions, which are not ingested, come in six categories:
 
-    single      shares a distinctive word with the statement ("What did we call the beagle...")
-    paraphrase  shares no content word with it ("What's my dog's name?" vs "...called him Waffles")
-    multi-hop   needs two statements ("Where is my sister's employer headquartered?")
-    updated     asks for the current value of a fact stated twice; only the latest is gold
+    single-hop  a fact stated in the user's words, asked in others ("What food allergy...")
+    in-context  a terse answer that only makes sense after the assistant's question before it
+                ("Researching adoption agencies, mostly." after "What are your plans for the
+                summer?"); the gold is the answer
+    names       a named person introduced, then a fact about them said with a pronoun ("She's
+                moving to Lyon"); the question names them
+    temporal    an event dated relatively ("last Friday I..."), resolved against the session's
+                date; asked "When did I...?" or "What did I do on Friday 8 March 2024?"
+    multi-hop   two statements in different sessions, both needed ("my sister joined X" ...
+                "X is headquartered in Y": "Where is my sister's employer based?")
+    updated     a fact stated twice (a second move); only the latest statement is gold
 
-A question's gold is one group of turn keys per fact it needs (the user's statement, plus the
+A question's gold is one group of turn keys per statement it needs (the statement, plus the
 assistant's reply when that repeats the value).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-SEED = 20251122
-PERSONAS = 40
-SESSIONS = 8
-PAIRS_PER_SESSION = 5  # user + assistant: 10 turns a session
+SEED = 20261203
+PERSONAS = 30
+SESSIONS = 12
+PAIRS_PER_SESSION = 8  # user + assistant: 16 turns a session, greeting and filler included
+CATEGORIES = ("single-hop", "in-context", "names", "temporal", "multi-hop", "updated")
+ECHO = 0.3  # share of statements whose reply repeats the value (then gold too)
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class Question:
     category: str
     fact: str
     text: str
-    gold: tuple[frozenset[str], ...]  # one group of acceptable turn keys per fact needed
+    gold: tuple[frozenset[str], ...]  # one group of acceptable turn keys per statement needed
     stale: frozenset[str] = frozenset()  # superseded statements (updated questions)
 
 
@@ -55,342 +62,358 @@ class Dataset:
     questions: list[Question] = field(default_factory=list)
 
 
-# --- vocabulary pools (fictional companies and people; real places and foods) ---
+# --- pools (fictional people, companies and books; real places and foods) ---
 
-FIRST_NAMES = [
-    "Priya", "Daniel", "Sofia", "Marco", "Leila", "Tomasz", "Aisha", "Jonas", "Mei", "Rafael",
-    "Ingrid", "Kwame", "Elena", "Hugo", "Noor", "Felix", "Camila", "Oren", "Yuki", "Dmitri",
-    "Amara", "Lukas", "Zara", "Mateo", "Freya", "Idris", "Clara", "Ravi", "Astrid", "Bruno",
-]  # fmt: skip
-PET_NAMES = [
-    "Waffles", "Biscuit", "Pepper", "Juniper", "Ziggy", "Mochi", "Pickle", "Noodle", "Bramble",
-    "Olive", "Pretzel", "Clementine", "Rusty", "Tofu", "Maple", "Gizmo", "Sprout", "Nacho",
-]  # fmt: skip
-PETS = {
-    "dog": ["beagle", "border collie", "labrador", "dachshund", "corgi", "greyhound", "whippet"],
-    "cat": ["tabby", "Maine Coon", "Siamese", "ragdoll", "Bengal", "Persian"],
-}
-PARTNER_ROLES = [("wife", "she", "her"), ("husband", "he", "his"), ("girlfriend", "she", "her"),
-                 ("boyfriend", "he", "his")]  # fmt: skip
-CITIES = [
-    "Denver", "Lisbon", "Rotterdam", "Montreal", "Valencia", "Edinburgh", "Austin", "Leipzig",
-    "Melbourne", "Porto", "Seattle", "Gothenburg", "Bologna", "Vancouver", "Krakow", "Lyon",
-    "Minneapolis", "Dublin", "Tallinn", "Wellington",
-]  # fmt: skip
-HOMETOWNS = [
-    "Cascais", "Whitby", "Hoi An", "Split", "Tromso", "Galway", "Sintra", "Brugge", "Hallstatt",
-    "Kotor", "Ronda", "Trogir", "Dingle", "Positano",
-]  # fmt: skip
-COMPANIES = [
-    "Northwind Analytics", "Halvorsen Logistics", "Bluepeak Robotics", "Quillon Health",
-    "Ferrovia Systems", "Tandem Biolabs", "Corvid Security", "Larkspur Media", "Meridian Freight",
-    "Oakhollow Software", "Brightwater Energy", "Kestrel Aerospace", "Lumen Dental",
-    "Saltmarsh Games", "Veridian Insurance", "Pinecrest Foods", "Copperline Telecom",
-    "Arbor Finance",
-]  # fmt: skip
-JOBS = ["data analyst", "product designer", "backend engineer", "project manager",
-        "UX researcher", "account manager", "QA lead", "marketing specialist"]  # fmt: skip
-PROFESSIONS = [
-    ("passed the bar exam", "lawyer"), ("finished the medical residency", "paediatrician"),
-    ("got the pilot licence", "commercial pilot"), ("opened a bakery downtown", "baker"),
-    ("qualified as a vet", "veterinarian"), ("got certified as an electrician", "electrician"),
-    ("started teaching at the high school", "chemistry teacher"),
-    ("joined the fire brigade", "firefighter"),
-]  # fmt: skip
+FIRST_NAMES = {
+    "she": ["Priya", "Sofia", "Leila", "Aisha", "Mei", "Ingrid", "Elena", "Noor", "Camila", "Yuki",
+            "Amara", "Zara", "Freya", "Clara", "Astrid", "Hana"],
+    "he": ["Daniel", "Marco", "Tomasz", "Jonas", "Rafael", "Kwame", "Hugo", "Felix", "Oren",
+           "Dmitri", "Lukas", "Mateo", "Idris", "Ravi", "Bruno", "Emil"],
+}  # fmt: skip
+PRONOUNS = {"she": ("She", "her"), "he": ("He", "his")}  # subject, possessive
+RELATIONS = ["colleague", "neighbour", "cousin", "old roommate", "manager", "yoga teacher",
+             "brother-in-law", "climbing partner"]  # fmt: skip
+PET_NAMES = ["Waffles", "Biscuit", "Pepper", "Juniper", "Ziggy", "Mochi", "Pickle", "Noodle",
+             "Bramble", "Olive", "Pretzel", "Clementine", "Rusty", "Tofu", "Maple",
+             "Gizmo"]  # fmt: skip
+BREEDS = ["beagle", "border collie", "labrador", "dachshund", "corgi", "greyhound", "whippet"]
+CITIES = ["Denver", "Lisbon", "Rotterdam", "Montreal", "Valencia", "Edinburgh", "Austin",
+          "Leipzig", "Melbourne", "Porto", "Seattle", "Gothenburg", "Bologna", "Vancouver",
+          "Krakow", "Lyon", "Minneapolis", "Dublin", "Tallinn", "Wellington"]  # fmt: skip
+TOWNS = ["Cascais", "Whitby", "Hoi An", "Split", "Tromso", "Galway", "Sintra", "Brugge",
+         "Hallstatt", "Kotor", "Ronda", "Trogir", "Dingle", "Positano"]  # fmt: skip
+COMPANIES = ["Northwind Analytics", "Halvorsen Logistics", "Bluepeak Robotics", "Quillon Health",
+             "Ferrovia Systems", "Tandem Biolabs", "Corvid Security", "Larkspur Media",
+             "Meridian Freight", "Oakhollow Software", "Brightwater Energy", "Kestrel Aerospace",
+             "Saltmarsh Games", "Veridian Insurance", "Pinecrest Foods",
+             "Arbor Finance"]  # fmt: skip
+BOOKS = ["The Salt Orchard", "A Map of Small Rooms", "Winter in Velden", "The Glass Cartographer",
+         "Nine Quiet Rivers", "The Lantern Keeper's Daughter", "Borrowed Weather",
+         "The Last Ferry to Oban"]  # fmt: skip
+PLANS = ["Researching adoption agencies", "Learning to sail on the lake",
+         "Repainting the whole flat", "Cycling along the Danube",
+         "Volunteering at the animal shelter", "Finishing my thesis",
+         "Building a treehouse for the kids", "Walking the Camino with my dad"]  # fmt: skip
+INSTRUMENTS = ["cello", "trumpet", "banjo", "harp", "drums", "saxophone", "ukulele", "accordion"]
+GIFTS = ["pottery class voucher", "hand-knitted scarf", "framed print of her old street",
+         "weekend at a spa", "new bread maker", "small telescope"]  # fmt: skip
+CAR_PARTS = ["gearbox", "clutch", "alternator", "timing belt", "radiator", "starter motor"]
 ALLERGENS = [("peanuts", "satay"), ("shellfish", "prawn curry"), ("sesame", "hummus"),
-             ("kiwi", "fruit salad"), ("cashews", "korma"), ("eggs", "carbonara"),
-             ("strawberries", "smoothies"), ("mustard", "vinaigrette")]  # fmt: skip
-FOODS = ["pho", "ramen", "paella", "bibimbap", "lasagne", "shakshuka", "pad thai",
-         "moussaka", "pierogi", "laksa", "risotto", "jambalaya"]  # fmt: skip
-TRIPS = [
-    ("Kyoto", "walking between temples"), ("Reykjavik", "chasing the northern lights"),
-    ("Marrakesh", "getting lost in the souks"), ("Cusco", "hiking up to Machu Picchu"),
-    ("Hanoi", "eating street food"), ("Tbilisi", "tasting wine"),
-    ("Queenstown", "bungee jumping and hiking"), ("Cape Town", "surfing"),
-    ("Oaxaca", "learning to cook mole"), ("Istanbul", "visiting bazaars and mosques"),
-]  # fmt: skip
+             ("kiwi", "fruit salad"), ("cashews", "korma"), ("eggs", "carbonara")]  # fmt: skip
+FOODS = ["pho", "ramen", "paella", "bibimbap", "lasagne", "shakshuka", "pad thai", "moussaka",
+         "pierogi", "laksa", "risotto", "jambalaya"]  # fmt: skip
+LANGUAGES = ["Portuguese", "Japanese", "Welsh", "Turkish", "Dutch", "Korean", "Greek"]
+BUSINESSES = ["bakery", "bike repair shop", "wine bar", "bookshop", "dog grooming salon",
+              "climbing gym"]  # fmt: skip
+DEPARTMENTS = ["logistics", "customer support", "research", "sales", "design", "finance"]
+RACES = ["Berlin marathon", "Ironman in Nice", "Tour du Mont Blanc trail race",
+         "Chicago marathon", "Great North Run"]  # fmt: skip
+PROFESSIONS = [("passed the bar exam", "lawyer"), ("finished the residency", "paediatrician"),
+               ("got the pilot licence", "commercial pilot"), ("qualified as a vet", "vet"),
+               ("got certified as an electrician", "electrician"),
+               ("joined the fire brigade", "firefighter")]  # fmt: skip
+SCHOOLS = ["Hillcrest Primary", "St Aidan's", "Riverside Academy", "Greenfield School",
+           "Oak Lane Primary"]  # fmt: skip
+PLAYS = ["The Wizard of Oz", "Peter Pan", "Matilda", "The Jungle Book", "Annie", "Oliver!"]
 MONTHS = ["March", "April", "May", "June", "July", "August", "September", "October"]
-KID_ROLES = [("daughter", "she"), ("son", "he")]
+# (what the user says they did, how a question asks about it: never the same words)
+EVENTS = [("ran my first half marathon", "complete a half marathon"),
+          ("passed my driving test", "get my driving licence"),
+          ("had my wisdom tooth pulled", "have dental surgery"),
+          ("sold the old Volvo", "get rid of my previous car"),
+          ("signed the lease on the new studio", "commit to renting the studio"),
+          ("got my braces off", "finish the orthodontic treatment"),
+          ("handed in my dissertation", "submit my final university paper"),
+          ("went to my first pottery class", "start learning ceramics"),
+          ("adopted two rabbits", "bring home the bunnies"),
+          ("got the keys to the allotment", "take over the garden plot")]  # fmt: skip
 
+# --- small talk: around every fact, and between facts ---
 
-# --- facts: statements and their questions ---
+OPENERS = ["Morning!", "Hey, quick one before my meeting.", "Sorry for the slow reply, crazy week.",
+           "Ugh, Mondays.", "Back again, hi!", "Hi, it's pouring here today.",
+           "Okay so, random update.", "Lunch break, finally.", "Can't sleep, so here I am.",
+           "Hello again!", "Phew, what a day."]  # fmt: skip
+CLOSERS = ["Anyway, how's your day?", "Also the coffee machine at work died again.", "lol",
+           "Anyway, enough about me.", "Still can't quite believe it.",
+           "The weather is not helping though.", "Need more tea.", "", "", ""]  # fmt: skip
+ACKS = ["Oh nice, thanks for telling me!", "That's a lot going on.", "Ha, I hear you.",
+        "Good to know!", "Sounds like quite a week!", "Love that.", "Wow, big news!",
+        "That's great to hear."]  # fmt: skip
+SMALL_TALK = [
+    ("How's your week going?", "Pretty good, busy but good! Anything on your mind?"),
+    ("Honestly just tired today.", "Those days happen. Be gentle with yourself."),
+    ("It's so grey outside, I miss the sun.", "A short walk at lunch can help on grey days."),
+    ("Do you ever get bored of my messages? haha", "Never! I like hearing how things are."),
+    ("Just made way too much pasta again.", "Leftovers for tomorrow, then!"),
+    ("My phone battery is dying all the time lately.", "Older batteries wear out, sadly."),
+    ("Ok I need to go cook dinner, talk later.", "Enjoy your dinner! Talk soon."),
+    ("The neighbours are having a party again.", "Earplugs might be your best friend tonight."),
+    ("Finally watched that series everyone talks about.", "And? Worth the hype?"),
+    ("Traffic was horrible this morning.", "Commutes like that are draining. Podcast helps?"),
+]  # fmt: skip
+LEADS = ["Ha, fair enough.", "I know the feeling.", "Oh no!", "Totally.", "Makes sense.", "Haha."]
+GREETINGS = [("Hi!", "Hi! Good to hear from you again. How are things?"),
+             ("Hey there", "Hey! How have you been?"),
+             ("Good morning", "Good morning! What's new?"),
+             ("Hello hello", "Hello! What's on your mind today?")]  # fmt: skip
+
+Pair = tuple[str, str]
 
 
 @dataclass
-class _Facts:
-    """One persona's values."""
-
-    species: str
-    breed: str
-    pet: str
-    role: str
-    pronoun: str
-    possessive: str
-    partner: str
-    hometown: str
-    city1: str
-    city2: str
-    company1: str
-    job1: str
-    company2: str
-    job2: str
-    sister: str
-    sister_company: str
-    hq: str
-    friend: str
-    did: str
-    profession: str
-    allergen: str
-    allergen_dish: str
-    food: str
-    trip: str
-    activity: str
-    month: str
-    kid_role: str
-    kid_pronoun: str
-    kid: str
-    age: int
-    birthday: str
-    km: int
-    rent: int
-
-
-def _facts(rng: random.Random) -> _Facts:
-    species = rng.choice(sorted(PETS))
-    role, pronoun, possessive = rng.choice(PARTNER_ROLES)
-    people = rng.sample(FIRST_NAMES, 4)
-    city1, city2, hq = rng.sample(CITIES, 3)
-    company1, company2, sister_company = rng.sample(COMPANIES, 3)
-    job1, job2 = rng.sample(JOBS, 2)
-    did, profession = rng.choice(PROFESSIONS)
-    allergen, dish = rng.choice(ALLERGENS)
-    trip, activity = rng.choice(TRIPS)
-    kid_role, kid_pronoun = rng.choice(KID_ROLES)
-    day = rng.randint(2, 28)
-    return _Facts(
-        species, rng.choice(PETS[species]), rng.choice(PET_NAMES), role, pronoun, possessive,
-        people[0], rng.choice(HOMETOWNS), city1, city2, company1, job1, company2, job2,
-        people[1], sister_company, hq, people[2], did, profession, allergen, dish,
-        rng.choice(FOODS), trip, activity, rng.choice(MONTHS), kid_role, kid_pronoun, people[3],
-        rng.randint(4, 12), f"{day} {rng.choice(MONTHS)}", rng.randrange(15, 60, 5),
-        rng.randrange(900, 2400, 50),
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
 class _Statement:
-    """A fact as the user states it, the assistant's reply, and whether the reply repeats it."""
+    """Pairs to say in one session; ``marks`` names the turns that carry facts (pair, role)."""
 
+    session: int
+    pairs: list[Pair]
+    marks: dict[str, tuple[int, str, bool]]  # mark -> (pair index, "user"|"assistant", echoed)
+
+
+@dataclass
+class _Ask:
+    category: str
     fact: str
+    text: str
+    needs: tuple[str, ...]  # marks
+    stale: str | None = None
+
+
+@dataclass
+class _Persona:
+    """One persona's plan: statements per session and the questions about them."""
+
     user: str
-    assistant: str
-    echoes: bool
+    rng: random.Random
+    dates: list[datetime]
+    statements: list[_Statement] = field(default_factory=list)
+    asks: list[_Ask] = field(default_factory=list)
+    people: list[str] = field(default_factory=list)  # they come back in the small talk
+
+    def person(self, gender: str) -> str:
+        name = self.rng.choice([n for n in FIRST_NAMES[gender] if n not in self.people])
+        self.people.append(name)
+        return name
+
+    def say(self, session: int, mark: str, fact: str, reply: str, echo: str = "") -> None:
+        """One wrapped statement and the assistant's reply (an echo of it, sometimes)."""
+        echoed = bool(echo) and self.rng.random() < ECHO
+        pair = (self.wrap(fact), echo[:1].upper() + echo[1:] if echoed else reply)
+        self.statements.append(_Statement(session, [pair], {mark: (0, "user", echoed)}))
+
+    def wrap(self, fact: str) -> str:
+        parts = (self.rng.choice(OPENERS), fact, self.rng.choice(CLOSERS))
+        return " ".join(p for p in parts if p)
+
+    def ask(self, category: str, fact: str, text: str, *needs: str, stale: str = "") -> None:
+        self.asks.append(_Ask(category, fact, text, needs, stale or None))
 
 
-def _statements(f: _Facts, rng: random.Random) -> dict[str, _Statement]:
-    def s(fact: str, user: str, echo: str, plain: str) -> _Statement:
-        echoes = rng.random() < 0.5
-        return _Statement(fact, user, echo if echoes else plain, echoes)
-
-    return {
-        "pet": s("pet",
-                 f"Big news: we finally adopted a {f.breed} from the shelter and called him "
-                 f"{f.pet}. He already chewed one of my slippers.",
-                 f"{f.pet} is a lovely name for a {f.breed}! The first weeks are an adjustment; "
-                 "a fixed routine helps a lot.",
-                 "Congratulations on the adoption! The first weeks are an adjustment; a fixed "
-                 "routine and a few chew toys help a lot."),
-        "partner": s("partner",
-                     f"My {f.role} {f.partner} surprised me with concert tickets for our "
-                     "anniversary, I did not see that coming.",
-                     f"That's so thoughtful of {f.partner}! Happy anniversary to you both.",
-                     "What a thoughtful surprise, happy anniversary! Which band are you seeing?"),
-        "hometown": s("hometown",
-                      f"{f.partner} grew up in {f.hometown}, and we visit {f.possessive} "
-                      "parents there every summer.",
-                      f"{f.hometown} sounds like a beautiful place to spend the summers.",
-                      "Summer visits to family are a nice tradition. Do you enjoy the trips?"),
-        "city1": s("city1",
-                   f"We finally moved to {f.city1}! The flat is tiny but the neighbourhood "
-                   "has great cafes.",
-                   f"Welcome to {f.city1}! Small flats get cosy quickly with the right storage.",
-                   "Congrats on the move! Small flats get cosy quickly with the right storage."),
-        "city2": s("city2",
-                   f"Update: we packed everything up again and relocated to {f.city2} last "
-                   "weekend. Boxes everywhere.",
-                   f"Another move already! I hope you settle into {f.city2} quickly.",
-                   "Another move already! Unpack the kitchen and the bed first, the rest can "
-                   "wait."),
-        "job1": s("job1",
-                  f"I signed the offer from {f.company1}! I start as a {f.job1} on Monday.",
-                  f"Congratulations on joining {f.company1}! First weeks as a {f.job1} are "
-                  "mostly listening.",
-                  "Congratulations on the offer! The first weeks in a new role are mostly "
-                  "listening and asking questions."),
-        "job2": s("job2",
-                  f"I handed in my notice at {f.company1} and accepted a {f.job2} position at "
-                  f"{f.company2}.",
-                  f"A fresh start at {f.company2}, exciting! Leave on good terms with your old "
-                  "team.",
-                  "Exciting change! Try to leave on good terms with your old team."),
-        "sister": s("sister",
-                    f"My sister {f.sister} just got hired by {f.sister_company} to join their "
-                    "design team.",
-                    f"Please pass my congratulations to {f.sister}; {f.sister_company} is lucky "
-                    "to have her.",
-                    "That's wonderful news for your sister! Design teams are fun to join."),
-        "hq": s("hq",
-                f"Fun fact I read today: {f.sister_company} has its headquarters in {f.hq}, in "
-                "an old warehouse by the river.",
-                f"A warehouse conversion in {f.hq} sounds like a striking office.",
-                "Converted warehouses make striking offices."),
-        "friend": s("friend",
-                    f"My best friend {f.friend} and I went bouldering on Saturday, my arms "
-                    "still hurt.",
-                    f"Bouldering with {f.friend} sounds fun! Sore forearms are normal.",
-                    "Bouldering is a great workout! Sore forearms are normal at first."),
-        "profession": s("profession",
-                        f"{f.friend} finally {f.did}, so it's official: a {f.profession} now!",
-                        f"Congratulations to {f.friend}, becoming a {f.profession} takes "
-                        "years.",
-                        "That's a big milestone, it takes years of work to get there."),
-        "allergy": s("allergy",
-                     f"The doctor confirmed I'm allergic to {f.allergen}, so no more "
-                     f"{f.allergen_dish} for me.",
-                     f"Good to know about the {f.allergen}. Always tell the waiter when you "
-                     "order.",
-                     "Good that you found out. Always tell the waiter when you order."),
-        "food": s("food",
-                  f"Honestly nothing beats {f.food} on a rainy evening, I could eat it every "
-                  "single day.",
-                  f"{f.food} is comfort in a bowl. Have you tried making it from scratch?",
-                  "Comfort food on a rainy evening is hard to beat!"),
-        "trip": s("trip",
-                  f"In {f.month} we flew to {f.trip} and spent a whole week {f.activity}.",
-                  f"A week in {f.trip} sounds unforgettable!",
-                  "That sounds like an unforgettable week away!"),
-        "birthday": s("birthday",
-                      f"My {f.kid_role} {f.kid} turns {f.age} on {f.birthday}, we are "
-                      "planning a party at the park.",
-                      f"A park party for {f.kid}'s {f.age}th on {f.birthday}, lovely! Have a "
-                      "rain plan.",
-                      "A party in the park sounds lovely! Have a rain plan just in case."),
-        "running": s("running",
-                     f"I've been running about {f.km} kilometres a week since January and my "
-                     "knees feel fine.",
-                     f"{f.km} km a week is solid, keep most of it at an easy pace.",
-                     "That's solid consistency, keep most of it at an easy pace."),
-        "rent": s("rent",
-                  f"Our rent just went up to {f.rent} euros a month, the landlord gave us two "
-                  "weeks notice.",
-                  f"{f.rent} euros is a steep jump on two weeks notice; check your lease.",
-                  "Two weeks notice for a rent increase is short; check your lease terms."),
-    }  # fmt: skip
+# --- the six categories ---
 
 
-# Facts with a single-fact question: (single: shares a distinctive word, paraphrase: does not).
-_ASKED: dict[str, tuple[Callable[[_Facts], str], Callable[[_Facts], str]]] = {
-    "pet": (lambda f: f"What did we call the {f.breed} we adopted from the shelter?",
-            lambda f: f"What's the name of my {f.species}?"),
-    "partner": (lambda f: f"What is my {f.role}'s name?",
-                lambda f: "Who is my significant other?"),
-    "allergy": (lambda f: "What did the doctor say I'm allergic to?",
-                lambda f: "Is there any ingredient I have to avoid for medical reasons?"),
-    "food": (lambda f: "Which dish could I eat every single day?",
-             lambda f: "What's my favourite meal?"),
-    "trip": (lambda f: f"Where did we fly to in {f.month}?",
-             lambda f: "Where did I go on holiday this year?"),
-    "birthday": (lambda f: f"When does {f.kid} turn {f.age}?",
-                 lambda f: f"What date was my {f.kid_role} born?"),
-    "running": (lambda f: "How many kilometres a week have I been running?",
-                lambda f: "What's my weekly training mileage?"),
-    "rent": (lambda f: "How much rent do we pay now?",
-             lambda f: "What does our apartment cost us monthly?"),
-}  # fmt: skip
-_MULTI_HOP: dict[str, tuple[tuple[str, str], Callable[[_Facts], str]]] = {
-    "sister-hq": (("sister", "hq"),
-                  lambda f: "In which city does my sister's employer have its HQ?"),
-    "partner-hometown": (("partner", "hometown"),
-                         lambda f: f"Which town is my {f.role} originally from?"),
-    "friend-job": (("friend", "profession"), lambda f: "What does my best friend do for a living?"),
-}  # fmt: skip
-_UPDATED: dict[str, tuple[str, str, Callable[[_Facts], str]]] = {
-    "city": ("city2", "city1", lambda f: "Which city do I live in now?"),
-    "employer": ("job2", "job1", lambda f: "Who is my current employer?"),
-}
-
-# Session (0-based) in which each statement is made; None: a random early session (0-4).
-_SESSION: dict[str, int | None] = {
-    "city1": 0, "job1": 0, "partner": None, "pet": None, "sister": None, "friend": None,
-    "allergy": None, "food": None, "trip": None, "birthday": None, "running": None,
-    "rent": None, "hometown": 4, "hq": 5, "profession": 5, "city2": 6, "job2": 7,
-}  # fmt: skip
+def _single_hop(p: _Persona, n: int) -> None:
+    rng = p.rng
+    allergen, dish = rng.choice(ALLERGENS)
+    km, rent, food, language = rng.randrange(15, 60, 5), rng.randrange(900, 2400, 50), \
+        rng.choice(FOODS), rng.choice(LANGUAGES)  # fmt: skip
+    kid, age, day = p.person("she"), rng.randint(4, 12), rng.randint(2, 28)
+    birthday = f"{day} {rng.choice(MONTHS)}"
+    facts: list[tuple[str, str, str, str, str]] = [
+        ("allergy", f"The doctor confirmed I'm allergic to {allergen}, so no more {dish} for me.",
+         f"Noted: no {allergen}.", "Always tell the waiter when you order.",
+         "What food allergy did the doctor find?"),
+        ("running", f"I've been doing about {km} kilometres a week since January.",
+         f"{km} km a week is solid!", "Keep most of it at an easy pace.",
+         "How far do I run each week?"),
+        ("rent", f"Our landlord just put us up to {rent} euros a month.",
+         f"{rent} euros, ouch.", "Check your lease before you agree to anything.",
+         "How much do we pay for the apartment now?"),
+        ("food", f"Nothing beats {food} on a rainy evening, I could eat it every day.",
+         f"{food} is comfort in a bowl.", "Rainy-evening food is the best food.",
+         "What's my favourite comfort meal?"),
+        ("birthday", f"My daughter {kid} turns {age} on {birthday}, party at the park!",
+         f"{kid}'s {age}th on {birthday}, lovely!", "Have a rain plan just in case.",
+         f"When is {kid}'s birthday?"),
+        ("language", f"I've started {language} lessons on the bus to work.",
+         f"{language}, what a good choice!", "Little and often is the way with languages.",
+         "Which language am I studying?"),
+    ]  # fmt: skip
+    for mark, said, echo, reply, question in rng.sample(facts, n):
+        p.say(rng.randrange(SESSIONS), mark, said, reply, echo)
+        p.ask("single-hop", mark, question, mark)
 
 
-# --- filler: chit-chat that shares the facts' vocabulary ---
+def _in_context(p: _Persona, n: int) -> None:
+    rng = p.rng
+    pet, part = rng.choice(PET_NAMES), rng.choice(CAR_PARTS)
+    # (the assistant's question, the user's terse answer, the eval's question)
+    exchanges: list[tuple[str, str, str, str]] = [
+        ("plan", "What are your plans for the summer?", f"{rng.choice(PLANS)}, mostly.",
+         "What am I planning to do this summer?"),
+        ("interview", "How did the interview go?",
+         f"Got it! I start at {rng.choice(COMPANIES)} in two weeks.",
+         "Which company offered me the job after my interview?"),
+        ("reading", "What are you reading these days?",
+         f"{rng.choice(BOOKS)}. Second time, actually.", "Which book am I reading at the moment?"),
+        ("instrument", "So which instrument did you pick in the end?",
+         f"The {rng.choice(INSTRUMENTS)}. My neighbours will hate me.",
+         "What instrument did I decide to learn?"),
+        ("gift", "What did you get your mum for her birthday?",
+         f"A {rng.choice(GIFTS)}. She loved it.", "What present did I give my mother?"),
+        ("weekend", "Where are you off to for the long weekend?",
+         f"{rng.choice(TOWNS)}, just the two of us.", "Where am I going for the long weekend?"),
+        ("puppy", "How's the new puppy settling in? What did you name her?",
+         f"{pet}! She already ate a sock.", "What's my puppy called?"),
+        ("car", "What did the mechanic say about the car?",
+         f"The {part} is shot. {rng.randrange(300, 1500, 50)} euros to fix.",
+         "What was wrong with my car?"),
+    ]  # fmt: skip
+    for mark, prompt, answer, question in rng.sample(exchanges, n):
+        opener = rng.choice(SMALL_TALK)[0]
+        pairs = [(opener, f"{rng.choice(LEADS)} {prompt}"), (answer, rng.choice(ACKS))]
+        p.statements.append(_Statement(rng.randrange(SESSIONS), pairs, {mark: (1, "user", False)}))
+        p.ask("in-context", mark, question, mark)
 
 
-def _filler(rng: random.Random, f: _Facts) -> tuple[str, str]:
-    name = rng.choice(FIRST_NAMES)
-    city = rng.choice(CITIES)
-    breed = rng.choice(PETS["dog"] + PETS["cat"])
-    pet = rng.choice(PET_NAMES)
-    company = rng.choice(COMPANIES)
-    food = rng.choice(FOODS)
-    trip, _ = rng.choice(TRIPS)
+def _names(p: _Persona, n: int) -> None:
+    rng = p.rng
+    for i in range(n):
+        gender = rng.choice(sorted(FIRST_NAMES))
+        name, relation = p.person(gender), rng.choice(RELATIONS)
+        he, his = PRONOUNS[gender]
+        facts = [
+            ("moving", f"{he} is moving to {rng.choice(CITIES)} in the autumn to open a "
+             f"{rng.choice(BUSINESSES)}.", f"Where is {name} moving to?"),
+            ("dog", f"{he} just adopted a {rng.choice(BREEDS)} and called it "
+             f"{rng.choice(PET_NAMES)}.", f"What is the name of {name}'s dog?"),
+            ("promotion", f"{he} finally got promoted, head of {rng.choice(DEPARTMENTS)} now.",
+             f"What was {name} promoted to?"),
+            ("band", f"{his.capitalize()} band plays at the harbour festival next month, "
+             f"{he.lower()}'s on {rng.choice(INSTRUMENTS)}.", f"What instrument does {name} play?"),
+            ("race", f"{he} is training for the {rng.choice(RACES)}, up at five every morning.",
+             f"Which race is {name} preparing for?"),
+        ]  # fmt: skip
+        fact, said, question = rng.choice(facts)
+        intro = rng.choice([f"Had coffee with my {relation} {name} today.",
+                            f"You remember {name}, my {relation}?",
+                            f"Bumped into {name}, my {relation}, at the station."])  # fmt: skip
+        pairs = [(p.wrap(intro), f"Oh, how is {he.lower()} doing?"), (said, rng.choice(ACKS))]
+        mark = f"names{i}"
+        p.statements.append(_Statement(rng.randrange(SESSIONS), pairs, {mark: (1, "user", False)}))
+        p.ask("names", f"{fact}:{name}", question, mark)
+
+
+def _relative(date: datetime, rng: random.Random) -> tuple[str, datetime]:
+    """A relative date phrase and the day it means, seen from ``date``."""
+    weekday = rng.randrange(7)
+    back = (date.weekday() - weekday) % 7 or 7
     options = [
-        (f"The {breed} next door barked all night again, I barely slept.",
-         "That's exhausting. Earplugs or white noise can help, and a friendly word with the "
-         "neighbours might too."),
-        (f"My coworker {name} is moving to {city} next month and I'm a bit jealous.",
-         f"{city} has a lot going for it! Is moving something you'd consider yourself?"),
-        (f"I tried to cook {food} at home last night but it came out bland.",
-         "Usually it's salt and acidity. Season in layers and finish with something sour."),
-        ("Work was exhausting today, back-to-back meetings about the new office layout.",
-         "Meeting-heavy days drain everyone. Can you block focus time on your calendar?"),
-        ("My sister called and we talked for an hour about absolutely nothing.",
-         "Those long chats are the best kind of catching up."),
-        ("Pollen season is brutal this year, my eyes won't stop itching.",
-         "Antihistamines and keeping windows shut in the morning help with hay fever."),
-        (f"My friend {name} adopted a {breed} and called her {pet}. So cute.",
-         f"{pet} is an adorable name! Are you tempted to get a pet too?"),
-        (f"If we ever get a puppy I want to call it {pet}.",
-         f"{pet} would be a fun name for a puppy!"),
-        (f"I watched a documentary about {trip} yesterday, the food looked amazing.",
-         f"{trip} is on a lot of travel lists. Would you like to go one day?"),
-        ("Do you think I should start running again? My knees feel a bit stiff.",
-         "Start slowly: short easy runs, and strength work for the knees."),
-        (f"The rent in {city} is insane, a friend pays {rng.randrange(900, 2400, 50)} euros a "
-         "month for a studio.",
-         f"Housing in {city} has become very expensive, like in most big cities."),
+        ("Yesterday", 1),
+        ("Two days ago", 2),
+        (f"Last {_WEEKDAYS[weekday]}", back),
+        ("Three days ago", 3),
+    ]
+    if back < 7:  # "on Monday", said on a Monday, would mean today
+        options.append((f"On {_WEEKDAYS[weekday]}", back))
+    phrase, days = rng.choice(options)
+    return phrase, date - timedelta(days=days)
+
+
+_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def _temporal(p: _Persona, n: int) -> None:
+    rng = p.rng
+    for i, (did, asked) in enumerate(rng.sample(EVENTS, n)):
+        session = rng.randrange(SESSIONS)
+        phrase, day = _relative(p.dates[session], rng)
+        mark = f"event{i}"
+        p.say(session, mark, f"{phrase} I finally {did}!", rng.choice(ACKS))
+        when = f"{_WEEKDAYS[day.weekday()]} {day.day} {day:%B %Y}"
+        text = f"When did I {asked}?" if rng.random() < 0.5 else f"What did I do on {when}?"
+        p.ask("temporal", did, text, mark)
+
+
+def _multi_hop(p: _Persona, n: int) -> None:
+    rng = p.rng
+    sister, friend, kid = p.person("she"), p.person("he"), p.person("he")
+    company, hq = rng.choice(COMPANIES), rng.choice(CITIES)
+    school, play, did = rng.choice(SCHOOLS), rng.choice(PLAYS), rng.choice(PROFESSIONS)
+    partner, town = p.person("she"), rng.choice(TOWNS)
+    chains: list[tuple[str, tuple[str, str, str], tuple[str, str, str], str]] = [
+        ("sister-hq", (f"My sister {sister} just got hired by {company}.",
+                       f"Congrats to {sister}!", "Good news for your sister!"),
+         (f"Read today that {company} has its headquarters in {hq}, in an old warehouse.",
+          f"A warehouse office in {hq}, striking.", "Converted warehouses make great offices."),
+         "In which city is my sister's employer based?"),
+        ("friend-job", (f"My best friend {friend} and I went bouldering on Saturday.",
+                        f"Bouldering with {friend}, fun!", "Sore forearms are normal at first."),
+         (f"{friend} finally {did[0]}, so it's official: a {did[1]} now!",
+          f"A {did[1]}, congratulations to {friend}!", "That takes years of work."),
+         "What does my best friend do for a living?"),
+        ("school-play", (f"{kid} started at {school} this week and he loved it.",
+                         f"{school}, how exciting for {kid}!", "A good first week is a good sign."),
+         (f"{school} is putting on {play} for the end-of-year show.",
+          f"{play}, a classic!", "School shows are always so sweet."),
+         "Which play is my son's school putting on?"),
+        ("partner-town", (f"My wife {partner} surprised me with concert tickets for our "
+                          "anniversary.", f"So thoughtful of {partner}!", "Happy anniversary!"),
+         (f"{partner} grew up in {town}, we're visiting her parents there in "
+          f"{rng.choice(MONTHS)}.", f"{town} sounds lovely.", "Family visits are a nice trip."),
+         "Which town is my wife originally from?"),
+    ]  # fmt: skip
+    for name, first, second, question in rng.sample(chains, n):
+        early, late = rng.randrange(SESSIONS // 2), rng.randrange(SESSIONS // 2, SESSIONS)
+        p.say(early, f"{name}:a", first[0], first[2], first[1])
+        p.say(late, f"{name}:b", second[0], second[2], second[1])
+        p.ask("multi-hop", name, question, f"{name}:a", f"{name}:b")
+
+
+def _updated(p: _Persona) -> None:
+    rng = p.rng
+    first, then = rng.sample(CITIES, 2)
+    old, new = rng.sample(COMPANIES, 2)
+    facts = [
+        ("city", f"We finally moved to {first}! The flat is tiny but the cafes are great.",
+         f"Packed everything up again, we're in {then} now. Boxes everywhere.",
+         "Which city do I live in now?"),
+        ("employer", f"Signed the offer from {old}, I start on Monday.",
+         f"Handed in my notice at {old}, I'm joining {new} next month.",
+         "Who is my current employer?"),
+    ]  # fmt: skip
+    fact, early, late, question = rng.choice(facts)
+    p.say(rng.randrange(3), f"{fact}:old", early, rng.choice(ACKS))
+    p.say(rng.randrange(SESSIONS - 3, SESSIONS), f"{fact}:new", late, rng.choice(ACKS))
+    p.ask("updated", fact, question, f"{fact}:new", stale=f"{fact}:old")
+
+
+# --- filler: chatter that shares the facts' vocabulary ---
+
+
+def _lookalike(rng: random.Random) -> Pair:
+    name = rng.choice(FIRST_NAMES[rng.choice(["she", "he"])])
+    city, company, food = rng.choice(CITIES), rng.choice(COMPANIES), rng.choice(FOODS)
+    options = [
+        (f"My coworker {name} is moving to {city} next month, I'm a bit jealous.",
+         f"{city} has a lot going for it! Would you consider moving?"),
+        (f"{name} says the summer plans at work are all about the new office.",
+         "Office moves in summer are common, fewer people around."),
         (f"I read that {company} is hiring a lot of engineers lately.",
-         f"{company} seems to be growing fast. Are you thinking about applying?"),
-        ("What's a quick dinner I can make with chickpeas and spinach?",
-         "A chickpea and spinach curry: onion, garlic, spices, tomatoes, 20 minutes."),
-        ("The weather has been gloomy all week, I really need a holiday.",
-         "A few days somewhere sunny could do wonders. Any destination in mind?"),
-        ("Can you help me write an email to my landlord about the broken heater?",
-         "Sure: describe the problem, when it started, and ask for a repair date in writing."),
-        ("Any tips for organising a birthday party for a group of kids?",
-         "Keep it short, plan two or three games, and have plenty of snacks."),
-        ("Explain how compound interest works, in simple terms.",
-         "You earn interest on your interest: each period's gain is added to the balance."),
-        ("What's a good stretching routine after a long run?",
-         "Calves, hamstrings, quads and hip flexors, 30 seconds each, breathing slowly."),
-        (f"My old colleague from {company} says the office moved to {city}.",
-         f"Office moves shake things up. Does it change anything for your colleague in {city}?"),
-        (f"I'm reading a novel set in {city}, it makes me want to visit.",
-         "Books set in real cities are the best travel guides. What's it called?"),
+         f"{company} seems to be growing fast. Thinking about applying?"),
         (f"We had {food} at a new place downtown, it was just okay.",
          "Not every new spot lands. Was it the flavour or the portion?"),
-        (f"My {f.role} wants to redo the kitchen but I think it's too expensive.",
-         "Kitchen renovations add up fast. Get two or three quotes before deciding."),
-        ("I keep forgetting to drink water during the day, any tricks?",
-         "Keep a bottle on your desk and refill it at fixed times."),
-        (f"A friend recommended a restaurant in {city} with amazing {food}.",
-         "Good recommendations from friends are gold. Save it for your next visit."),
-        ("Should I learn Spanish or Portuguese first?",
-         "Pick the one you'll practise most; the other comes easier afterwards."),
+        (f"{name} recommended {rng.choice(BOOKS)}, maybe I'll read it one day.",
+         "Recommendations from friends are often the best ones."),
+        (f"If I ever get a dog I'd call it {rng.choice(PET_NAMES)}.", "That would be a fun name!"),
+        (f"A friend of {name}'s plays the {rng.choice(INSTRUMENTS)} in a jazz trio.",
+         "Jazz trios are so much fun to watch live."),
+        (f"The mechanic down the road charges a fortune for a {rng.choice(CAR_PARTS)}.",
+         "Always ask for a second quote on car repairs."),
+        (f"My running club wants to do the {rng.choice(RACES)} next year.",
+         "A group goal makes training much easier."),
+        (f"Rent in {city} is insane, a friend pays {rng.randrange(900, 2400, 50)} a month.",
+         f"Housing in {city} got very expensive."),
     ]  # fmt: skip
     return rng.choice(options)
 
@@ -400,63 +423,80 @@ def _filler(rng: random.Random, f: _Facts) -> tuple[str, str]:
 
 def build(personas: int = PERSONAS, seed: int = SEED) -> Dataset:
     data = Dataset()
-    for p in range(personas):
-        rng = random.Random(seed * 1000 + p)
-        _persona(f"u{p:02d}", rng, data)
+    for n in range(personas):
+        _persona(f"u{n:02d}", random.Random(seed * 1000 + n), data)
     return data
 
 
+def _plan(user: str, rng: random.Random) -> _Persona:
+    when = datetime(2024, 1, 8, 9, tzinfo=UTC) + timedelta(days=rng.randrange(120))
+    dates = []
+    for _ in range(SESSIONS):
+        when += timedelta(days=rng.randrange(6, 21), hours=rng.randrange(-3, 9))
+        dates.append(when)
+    p = _Persona(user, rng, dates)
+    _single_hop(p, 4)
+    _in_context(p, 5)
+    _names(p, 4)
+    _temporal(p, 4)
+    _multi_hop(p, 3)
+    _updated(p)
+    return p
+
+
 def _persona(user: str, rng: random.Random, data: Dataset) -> None:
-    f = _facts(rng)
-    statements = _statements(f, rng)
-    plan: dict[int, list[_Statement]] = {s: [] for s in range(SESSIONS)}
-    for fact, session in _SESSION.items():
-        plan[session if session is not None else rng.randrange(5)].append(statements[fact])
-    start = datetime(2024, 1, 8, 9, tzinfo=UTC) + timedelta(days=rng.randrange(120))
+    p = _plan(user, rng)
     keys: dict[str, frozenset[str]] = {}
-    when = start
-    for session in range(SESSIONS):
-        when += timedelta(days=rng.randrange(9, 26), hours=rng.randrange(-3, 9))
+    for session, date in enumerate(p.dates):
         thread = f"{user}-s{session}"
-        pairs = _session_pairs(plan[session], rng, f)
-        for t, (said, reply, statement) in enumerate(pairs):
-            ukey, akey = f"{user}/s{session}/t{2 * t}", f"{user}/s{session}/t{2 * t + 1}"
-            moment = when + timedelta(minutes=4 * t)
-            data.turns.append(Turn(ukey, user, thread, "user", said, moment))
-            data.turns.append(
-                Turn(akey, user, thread, "assistant", reply, moment + timedelta(seconds=40))
-            )
-            if statement is not None:
-                keys[statement.fact] = frozenset([ukey, akey] if statement.echoes else [ukey])
-    data.questions.extend(_questions(user, f, keys, rng))
+        blocks = [s for s in p.statements if s.session == session]
+        filler = max(1, PAIRS_PER_SESSION - 1 - sum(len(s.pairs) for s in blocks))
+        blocks += [_Statement(session, [pair], {}) for pair in _chatter(p, filler)]
+        rng.shuffle(blocks)
+        blocks.insert(0, _Statement(session, [rng.choice(GREETINGS)], {}))
+        t = 0
+        for block in blocks:
+            for index, (said, reply) in enumerate(block.pairs):
+                ukey, akey = f"{user}/s{session}/t{t}", f"{user}/s{session}/t{t + 1}"
+                moment = date + timedelta(minutes=2 * t)
+                data.turns.append(Turn(ukey, user, thread, "user", said, moment))
+                data.turns.append(
+                    Turn(akey, user, thread, "assistant", reply, moment + timedelta(seconds=40))
+                )
+                for mark, (at, role, echoed) in block.marks.items():
+                    if at == index:
+                        own = ukey if role == "user" else akey
+                        keys[mark] = frozenset([ukey, akey] if echoed else [own])
+                t += 2
+    for a in p.asks:
+        stale = keys[a.stale] if a.stale else frozenset()
+        gold = tuple(keys[m] for m in a.needs)
+        data.questions.append(Question(user, a.category, a.fact, a.text, gold, stale))
 
 
-def _session_pairs(
-    statements: list[_Statement], rng: random.Random, f: _Facts
-) -> list[tuple[str, str, _Statement | None]]:
-    pairs: list[tuple[str, str, _Statement | None]] = [(s.user, s.assistant, s) for s in statements]
-    seen: set[str] = set()
-    while len(pairs) < PAIRS_PER_SESSION:
-        said, reply = _filler(rng, f)
-        if said not in seen:
-            seen.add(said)
-            pairs.append((said, reply, None))
-    rng.shuffle(pairs)
+def _chatter(p: _Persona, n: int) -> list[Pair]:
+    """``n`` different pairs of chatter for one session."""
+    pairs: list[Pair] = []
+    while len(pairs) < n:
+        pair = _chat(p)
+        if pair not in pairs:
+            pairs.append(pair)
     return pairs
 
 
-def _questions(
-    user: str, f: _Facts, keys: dict[str, frozenset[str]], rng: random.Random
-) -> Iterator[Question]:
-    asked = sorted(_ASKED)
-    rng.shuffle(asked)
-    for n, fact in enumerate(asked):
-        single, paraphrase = _ASKED[fact]
-        if n % 2 == 0:
-            yield Question(user, "single", fact, single(f), (keys[fact],))
-        else:
-            yield Question(user, "paraphrase", fact, paraphrase(f), (keys[fact],))
-    for name, (needs, ask) in _MULTI_HOP.items():
-        yield Question(user, "multi-hop", name, ask(f), tuple(keys[n] for n in needs))
-    for name, (latest, old, ask) in _UPDATED.items():
-        yield Question(user, "updated", name, ask(f), (keys[latest],), stale=keys[old])
+def _chat(p: _Persona) -> Pair:
+    """Small talk, look-alike chatter, or a passing mention of someone the persona knows."""
+    draw = p.rng.random()
+    if draw < 0.35:
+        return p.rng.choice(SMALL_TALK)
+    if draw < 0.65 or not p.people:
+        return _lookalike(p.rng)
+    name = p.rng.choice(p.people)
+    return p.rng.choice([
+        (f"{name} sent me the funniest video today.", "Ha, sounds like a good friend to have."),
+        (f"Seeing {name} this weekend, finally.", "Nice, enjoy the catch-up!"),
+        (f"{name} says hi, by the way.", "Hi back! That's sweet."),
+        (f"{name} has been so busy lately, we barely talk.", "Busy phases pass."),
+        (f"Had a silly argument with {name} about pineapple on pizza.", "The eternal debate!"),
+        (f"{name} is coming over for dinner on Thursday.", "Lovely. Cooking something special?"),
+    ])  # fmt: skip

@@ -1,16 +1,19 @@
-"""``make eval``: memory quality: recall@5, recall@10 and MRR of vector, full-text and hybrid.
+"""``make eval``: memory quality on real and generated conversations, through the HTTP API.
 
-    python -m bench.recall_eval               # ingest, score over HTTP, weight sweep in-process
-    python -m bench.recall_eval --no-sweep    # just the three modes over HTTP
-    python -m bench.recall_eval --personas 10 # smaller, faster
+    python -m bench.recall_eval                 # both sets, hybrid + each leg, BM25 beside
+    python -m bench.recall_eval --personas 10   # a smaller synthetic set, faster
+    python -m bench.recall_eval --modes hybrid  # the product's search only
+    python -m bench.recall_eval --locomo PATH   # another file of the LoCoMo format
+    python -m bench.recall_eval --sets locomo   # one set only (locomo or synthetic)
 
-The data is generated (``bench/conversations.py``: 40 personas x 8 sessions x ~10 turns and 520
-questions). Every turn goes through the memory API (``POST /v1/memory/items?wait=true``) of a
-real gateway, embedded by a real ``python -m gateway worker``; every question goes through
-``GET /v1/memory/search`` scoped to its persona (``user=``) in each mode. The sweep then calls
-``memory.recall.search`` in-process on the same database with other fusion constants (see
-``bench/recall_sweep.py``). Loopback only; every process and the temp dir are gone at exit.
-Results: the tables on stdout and in ``bench-results/recall-eval.md``.
+Two sets, each in a workspace of its own: the LoCoMo dev conversations (``bench/locomo.py``,
+read from ``../shared/data/locomo-dev/``; said and skipped when absent) and the generated set
+(``bench/conversations.py``). Every turn goes through ``POST /v1/memory/items?wait=true`` of a
+real gateway, embedded by a real ``python -m gateway worker``; every question through
+``GET /v1/memory/search?k=100&user=<end user>``, timed at the client. A plain BM25 ranks the
+same turns in-process (``bench/bm25.py``) for the baseline column. Scores: ``bench/recall_score``.
+Loopback only; every process and the temp dir are gone at exit. Results: the tables on stdout
+and in ``bench-results/recall-eval.md``.
 """
 
 from __future__ import annotations
@@ -19,57 +22,87 @@ import argparse
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import conversations, recall_score
+from bench import bm25, conversations, locomo, recall_score
 from bench.conversations import Dataset, Question, Turn
 from bench.memory_stack import Api, Stack, memory_stack
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"vector-only": "vector", "full-text-only": "lexical", "hybrid": "hybrid"}
+MODES = {"hybrid": "product (hybrid)", "vector": "vector leg", "lexical": "full-text leg"}
+SETS = ("locomo", "synthetic")
+BASELINE = "BM25"
 _STALE_OUTBOX_SECONDS = 1.0
+
+
+@dataclass
+class EvalSet:
+    name: str
+    data: Dataset
+    scored: Sequence[str]  # the categories in the overall figure
+    source: str
+    rankings: dict[str, list[list[str]]] = field(default_factory=dict)
+    latency_ms: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    data = conversations.build(args.personas)
     started = time.monotonic()
     notes: list[str] = []
+    sets = _sets(args, notes)
     with memory_stack(args.results_dir / "recall-eval-logs") as stack:
-        workspace_id, key = stack.tenant("recall-eval")
         stack.start_gateway()
         worker = stack.start_worker()
-        api = Api(stack.gateway_url, key)
-        try:
-            with _embedding_backstop(stack, workspace_id, worker, notes):
-                ingest_s = ingest(api, data.turns, args.batch)
-            notes.append(
-                f"ingested {len(data.turns)} turns in {ingest_s:.1f} s "
-                f"({len(data.turns) / ingest_s:.0f}/s, batches of {args.batch}, `?wait=true`)"
-            )
-            search_started = time.monotonic()
-            rankings = {label: ask(api, data.questions, mode) for label, mode in MODES.items()}
-            searches = len(MODES) * len(data.questions)
-            notes.append(
-                f"{searches} HTTP searches in {time.monotonic() - search_started:.1f} s, k=10"
-            )
-        finally:
-            api.close()
-        sweep_md = ""
-        if args.sweep:
-            from bench import recall_sweep
-
-            sweep_md = recall_sweep.run(stack.database_url, workspace_id, data.questions)
-        overlap = _overlap_line(stack, data)
+        for s in sets:
+            measure(stack, worker, s, args)
         notes += stack.notes
     notes.append(f"total {time.monotonic() - started:.0f} s")
-    report = render(data, rankings, notes, overlap) + sweep_md
+    report = render(sets, notes)
     out = args.results_dir / "recall-eval.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     print("\n" + report, flush=True)
+
+
+def _sets(args: argparse.Namespace, notes: list[str]) -> list[EvalSet]:
+    sets: list[EvalSet] = []
+    path = args.locomo or locomo.DEFAULT_PATH
+    if "locomo" in args.sets and locomo.available(path):
+        source = f"`{path.name}` (LoCoMo, CC BY-NC 4.0, dev split)"
+        sets.append(EvalSet("LoCoMo dev", locomo.load(path), locomo.SCORED, source))
+    elif "locomo" in args.sets:
+        notes.append(f"LoCoMo dev data absent ({path}): not measured")
+        print(f"recall-eval: {notes[-1]}", flush=True)
+    if "synthetic" in args.sets:
+        source = f"generated (`bench/conversations.py`, seed {conversations.SEED})"
+        synthetic = conversations.build(args.personas)
+        sets.append(EvalSet("synthetic", synthetic, conversations.CATEGORIES, source))
+    return sets
+
+
+def measure(stack: Stack, worker: bool, s: EvalSet, args: argparse.Namespace) -> None:
+    """Ingest one set into a new workspace, ask its questions in each mode, and BM25."""
+    workspace_id, key = stack.tenant(f"recall-eval-{s.name.split()[0].lower()}")
+    api = Api(stack.gateway_url, key)
+    try:
+        with _embedding_backstop(stack, workspace_id, worker, s.notes):
+            seconds = ingest(api, s.data.turns, args.batch)
+        s.notes.append(
+            f"ingested {len(s.data.turns)} turns in {seconds:.1f} s "
+            f"({len(s.data.turns) / seconds:.0f}/s, batches of {args.batch}, `?wait=true`)"
+        )
+        for mode in args.modes:
+            s.rankings[MODES[mode]], s.latency_ms[MODES[mode]] = ask(api, s.data.questions, mode)
+    finally:
+        api.close()
+    index = bm25.indexes([(t.user, t.key, t.content) for t in s.data.turns])
+    s.rankings[BASELINE], s.latency_ms[BASELINE] = _timed(
+        lambda q: index[q.user].search(q.text, recall_score.DEPTH), s.data.questions
+    )
 
 
 def ingest(api: Api, turns: Sequence[Turn], batch: int) -> float:
@@ -96,14 +129,23 @@ def _item(turn: Turn) -> dict[str, object]:
     }
 
 
-def ask(api: Api, questions: Sequence[Question], mode: str) -> list[list[str]]:
-    return [
-        [
-            str(hit["metadata"].get("key"))
-            for hit in api.search(q.text, k=10, mode=mode, user=q.user)
-        ]
-        for q in questions
-    ]
+def ask(api: Api, questions: Sequence[Question], mode: str) -> tuple[list[list[str]], list[float]]:
+    def one(q: Question) -> list[str]:
+        hits = api.search(q.text, k=recall_score.DEPTH, mode=mode, user=q.user)
+        return [str(hit["metadata"].get("key")) for hit in hits]
+
+    return _timed(one, questions)
+
+
+def _timed(
+    rank: Callable[[Question], list[str]], questions: Sequence[Question]
+) -> tuple[list[list[str]], list[float]]:
+    rankings, latency = [], []
+    for q in questions:
+        started = time.perf_counter()
+        rankings.append(rank(q))
+        latency.append((time.perf_counter() - started) * 1000)
+    return rankings, latency
 
 
 @contextlib.contextmanager
@@ -182,96 +224,84 @@ def _embedding_backstop(
             )
 
 
-def _overlap_line(stack: Stack, data: Dataset) -> str:
-    """How many content lexemes each category's questions share with their gold statements."""
-    from sqlalchemy import create_engine, text
-
-    from memory.db import sqlalchemy_url
-
-    by_key = {t.key: t.content for t in data.turns}
-    engine = create_engine(sqlalchemy_url(stack.database_url))
-    sums: dict[str, list[int]] = {}
-    query = text(
-        "SELECT count(*) FROM (SELECT unnest(tsvector_to_array(to_tsvector('english', :q))) "
-        "INTERSECT SELECT unnest(tsvector_to_array(to_tsvector('english', :d)))) AS shared"
-    )
-    try:
-        with engine.connect() as conn:
-            for q in data.questions:
-                gold = " ".join(by_key[k] for group in q.gold for k in sorted(group))
-                shared = conn.execute(query, {"q": q.text, "d": gold}).scalar_one()
-                sums.setdefault(q.category, []).append(int(shared))
-    finally:
-        engine.dispose()
-    return ", ".join(f"{c} {sum(v) / len(v):.1f}" for c, v in sums.items())
-
-
-def render(
-    data: Dataset, rankings: dict[str, list[list[str]]], notes: list[str], overlap: str
-) -> str:
-    scores = {label: recall_score.score(data.questions, r) for label, r in rankings.items()}
-    first = next(iter(scores.values()))
-    latest = {label: recall_score.latest_first(data.questions, r) for label, r in rankings.items()}
-    users = len({t.user for t in data.turns})
-    threads = len({t.thread_id for t in data.turns})
+def render(sets: Sequence[EvalSet], notes: Sequence[str]) -> str:
     lines = [
         "## Recall eval (memory quality)",
         "",
-        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; generated data (seed {conversations.SEED}): "
-        f"{users} personas, {threads} threads, {len(data.turns)} turns, "
-        f"{len(data.questions)} questions ({recall_score.counts_line(first)})",
-        "- through the gateway's HTTP API: `POST /v1/memory/items?wait=true`, "
-        "`GET /v1/memory/search?user=<persona>&k=10&mode=vector|lexical|hybrid`",
-        f"- content lexemes a question shares with its gold statement(s), mean: {overlap}",
+        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; through the gateway's HTTP API: "
+        "`POST /v1/memory/items?wait=true`, "
+        f"`GET /v1/memory/search?user=<end user>&k={recall_score.DEPTH}&mode=...`; "
+        f"{BASELINE} (k1 {bm25.K1}, b {bm25.B}, stop words out) in-process over the same turns",
+        "- recall@k = share of a question's evidence turns in the top k; MRR = 1 / rank of the "
+        f"first in the top {recall_score.DEPTH}; R@{recall_score.DEPTH}: the candidates' ceiling",
         *(f"- {n}" for n in notes),
         "",
-        recall_score.table(scores),
-        "",
-        "Updated facts, share of questions where the latest statement ranks above the stale "
-        "one: " + ", ".join(f"{label} {v:.2f}" for label, v in latest.items()),
-        "",
-        "Where hybrid's ranking comes from, per category: which leg has the (first) gold item in "
-        "its top 10, and how hybrid's rank of it compares with the better leg's:",
-        "",
-        _diagnosis(data.questions, rankings),
-        "",
     ]
+    for s in sets:
+        lines += _section(s)
     return "\n".join(lines)
 
 
-def _diagnosis(questions: Sequence[Question], rankings: dict[str, list[list[str]]]) -> str:
-    rows: dict[str, list[int]] = {}
-    modes = [rankings["vector-only"], rankings["full-text-only"], rankings["hybrid"]]
-    for n, q in enumerate(questions):
-        v, lx, h = (recall_score.ranks(q, r[n])[0] for r in modes)
-        best = min(r for r in (v, lx) if r is not None) if (v or lx) else None
-        row = rows.setdefault(q.category, [0] * 7)
-        row[0] += 1
-        row[1] += v is not None and lx is not None
-        row[2] += v is not None and lx is None
-        row[3] += v is None and lx is not None
-        row[4] += v is None and lx is None
-        row[5] += best is not None and (h is None or h > best)
-        row[6] += best is not None and h is not None and h < best
+def _section(s: EvalSet) -> list[str]:
+    users = len({t.user for t in s.data.turns})
+    threads = len({t.thread_id for t in s.data.turns})
+    scores = {
+        name: recall_score.score(s.data.questions, ranking, s.scored)
+        for name, ranking in s.rankings.items()
+    }
+    left_out = sorted({q.category for q in s.data.questions} - set(s.scored))
     lines = [
-        "| category | questions | both legs | vector only | full-text only | neither | "
-        "hybrid below the better leg | hybrid above it |",
-        "| --- | --: | --: | --: | --: | --: | --: | --: |",
+        f"### {s.name}",
+        "",
+        f"- {s.source}: {users} end users, {threads} threads, {len(s.data.turns)} turns, "
+        f"{len(s.data.questions)} questions"
+        + (f" ({', '.join(left_out)} not in overall)" if left_out else ""),
+        *(f"- {n}" for n in s.notes),
+        "- search latency, p50 / p95 ms: "
+        + ", ".join(
+            f"{name} {recall_score.percentile(v, 50):.1f} / {recall_score.percentile(v, 95):.1f}"
+            for name, v in s.latency_ms.items()
+        )
+        + f" ({BASELINE} in-process, the others over HTTP at k={recall_score.DEPTH})",
     ]
-    for category, r in rows.items():
-        lines.append(f"| {category} | " + " | ".join(str(x) for x in r) + " |")
-    return "\n".join(lines)
+    latest = {
+        name: recall_score.latest_first(s.data.questions, r) for name, r in s.rankings.items()
+    }
+    if any(v is not None for v in latest.values()):
+        lines.append(
+            "- updated facts, latest statement above the stale one: "
+            + ", ".join(f"{name} {v:.2f}" for name, v in latest.items() if v is not None)
+        )
+    return [*lines, "", recall_score.table(scores), ""]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.recall_eval", description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
-    parser.add_argument("--personas", type=int, default=conversations.PERSONAS)
+    parser.add_argument("--personas", type=int, default=conversations.PERSONAS,
+                        help=f"synthetic personas ({conversations.PERSONAS})")  # fmt: skip
+    parser.add_argument("--modes", type=_names(MODES),
+                        default=list(MODES), help="search modes asked over HTTP, comma-separated "
+                        f"({','.join(MODES)}); the first is the product")  # fmt: skip
+    parser.add_argument("--sets", type=_names(SETS), default=list(SETS),
+                        help=f"sets to measure, comma-separated ({','.join(SETS)})")  # fmt: skip
+    parser.add_argument("--locomo", type=Path, default=None,
+                        help=f"LoCoMo-format file ({locomo.DEFAULT_PATH})")  # fmt: skip
     parser.add_argument("--batch", type=int, default=200, help="items per POST (200)")
-    parser.add_argument("--no-sweep", dest="sweep", action="store_false",
-                        help="skip the in-process sweep of the fusion constants")  # fmt: skip
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="accepted for old scripts; the fusion sweep is gone")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench-results")
     return parser
+
+
+def _names(allowed: Sequence[str] | dict[str, str]) -> Callable[[str], list[str]]:
+    def parse(value: str) -> list[str]:
+        names = [n for n in value.split(",") if n]
+        if not names or set(names) - set(allowed):
+            raise argparse.ArgumentTypeError(f"a comma-separated subset of {','.join(allowed)}")
+        return names
+
+    return parse
 
 
 if __name__ == "__main__":

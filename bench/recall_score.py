@@ -1,10 +1,16 @@
-"""Scoring for the recall eval: hit@k ("any" and "all" gold), MRR@10, and the Markdown tables.
+"""Scoring for the recall eval: recall@k, MRR and latency, per category, and the Markdown tables.
 
-A ranking is the list of turn keys a search returned, best first. A question with several gold
-groups (multi-hop) is a hit at k under "any" when one group has an item in the top k, and under
-"all" when every group has; its reciprocal rank is 1/(rank of the first gold item) for "any" and
-1/(rank at which the last group is covered) for "all". Single-fact questions have one group, so
-both agree. "overall" counts multi-hop questions under "all".
+The measure of the LoCoMo dev README, used for both sets. A ranking is the list of turn keys a
+search returned, best first (up to ``DEPTH``). A question's gold is one group of acceptable keys
+per piece of evidence (a LoCoMo evidence turn; a synthetic statement, with the assistant's
+reply when that repeats the value). For one question:
+
+- recall@k = evidence groups with a key in the top k / evidence groups (k = 5, 10, 20), and
+  R@100 as the ceiling a re-ranking of the same 100 could reach;
+- MRR = 1 / rank of the first evidence key in the top ``DEPTH`` (0 if none).
+
+A category's figure is the mean over its questions; "overall" is the mean over the questions of
+the scored categories (LoCoMo: 1-4; adversarial questions are reported but not in it).
 """
 
 from __future__ import annotations
@@ -14,78 +20,85 @@ from dataclasses import dataclass
 
 from bench.conversations import Question
 
-CATEGORIES = ("single", "paraphrase", "multi-hop any", "multi-hop all", "updated", "overall")
-DEPTH = 10
+KS = (5, 10, 20)
+DEPTH = 100
+OVERALL = "overall"
 
 
-def _rank(ranking: Sequence[str], group: frozenset[str]) -> int | None:
-    return next((i + 1 for i, key in enumerate(ranking[:DEPTH]) if key in group), None)
+def recall_at(question: Question, ranking: Sequence[str], k: int) -> float:
+    top = set(ranking[:k])
+    return sum(1 for group in question.gold if group & top) / len(question.gold)
 
 
-def ranks(question: Question, ranking: Sequence[str]) -> tuple[int | None, int | None]:
-    """(rank of the first gold item, rank at which every gold group is covered)."""
-    per_group = [_rank(ranking, group) for group in question.gold]
-    found = [r for r in per_group if r is not None]
-    first = min(found) if found else None
-    last = max(found) if len(found) == len(per_group) else None
-    return first, last
+def reciprocal_rank(question: Question, ranking: Sequence[str]) -> float:
+    gold = frozenset().union(*question.gold)
+    return next((1 / (i + 1) for i, key in enumerate(ranking[:DEPTH]) if key in gold), 0.0)
 
 
 @dataclass(frozen=True)
 class Score:
-    r5: float
-    r10: float
+    recall: tuple[float, ...]  # at each of KS, then at DEPTH
     mrr: float
     n: int
 
 
-def _score(rank_list: Sequence[int | None]) -> Score:
-    n = len(rank_list) or 1
-    return Score(
-        sum(1 for r in rank_list if r is not None and r <= 5) / n,
-        sum(1 for r in rank_list if r is not None and r <= 10) / n,
-        sum(1 / r for r in rank_list if r is not None) / n,
-        len(rank_list),
+def _mean(questions: Sequence[Question], rankings: Sequence[Sequence[str]]) -> Score:
+    n = len(questions) or 1
+    recall = tuple(
+        sum(recall_at(q, r, k) for q, r in zip(questions, rankings, strict=True)) / n
+        for k in (*KS, DEPTH)
     )
+    mrr = sum(reciprocal_rank(q, r) for q, r in zip(questions, rankings, strict=True)) / n
+    return Score(recall, mrr, len(questions))
 
 
-def score(questions: Sequence[Question], rankings: Sequence[Sequence[str]]) -> dict[str, Score]:
-    by: dict[str, list[int | None]] = {c: [] for c in CATEGORIES}
-    for question, ranking in zip(questions, rankings, strict=True):
-        first, last = ranks(question, ranking)
-        if question.category == "multi-hop":
-            by["multi-hop any"].append(first)
-            by["multi-hop all"].append(last)
-        else:
-            by[question.category].append(first)
-        by["overall"].append(last)
-    return {c: _score(r) for c, r in by.items()}
+def score(
+    questions: Sequence[Question], rankings: Sequence[Sequence[str]], scored: Sequence[str]
+) -> dict[str, Score]:
+    """Per category (in ``scored`` order, then the others), and overall over ``scored``."""
+    order = [*scored, *sorted({q.category for q in questions} - set(scored))]
+    out: dict[str, Score] = {}
+    for category in [*order, OVERALL]:
+        picked = [
+            (q, r)
+            for q, r in zip(questions, rankings, strict=True)
+            if q.category == category or (category == OVERALL and q.category in scored)
+        ]
+        if picked:
+            out[category] = _mean([q for q, _ in picked], [r for _, r in picked])
+    return out
 
 
-def latest_first(questions: Sequence[Question], rankings: Sequence[Sequence[str]]) -> float:
-    """Updated questions: share where the latest statement ranks above every stale one."""
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def latest_first(questions: Sequence[Question], rankings: Sequence[Sequence[str]]) -> float | None:
+    """Questions with a stale statement: share where the latest one ranks above every stale one."""
     wins = total = 0
     for question, ranking in zip(questions, rankings, strict=True):
-        if question.category != "updated":
+        if not question.stale:
             continue
         total += 1
-        latest = _rank(ranking, question.gold[0])
-        stale = _rank(ranking, question.stale)
+        latest = next((i for i, k in enumerate(ranking) if k in question.gold[0]), None)
+        stale = next((i for i, k in enumerate(ranking) if k in question.stale), None)
         wins += latest is not None and (stale is None or latest < stale)
-    return wins / max(total, 1)
+    return wins / total if total else None
 
 
-def table(rows: dict[str, dict[str, Score]], categories: Sequence[str] = CATEGORIES) -> str:
-    head = "| | " + " | ".join(f"{c} R@5 | R@10 | MRR" for c in categories) + " |"
-    rule = "| --- |" + " --: |" * (3 * len(categories))
-    lines = [head, rule]
-    for label, scores in rows.items():
-        cells = [
-            f"{scores[c].r5:.3f} | {scores[c].r10:.3f} | {scores[c].mrr:.3f}" for c in categories
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+def table(systems: dict[str, dict[str, Score]]) -> str:
+    """One row per category, one column group per system (R@5, R@10, R@20, MRR, R@100)."""
+    names = list(systems)
+    head = "| category | n | " + " | ".join(
+        f"{name} R@5 | R@10 | R@20 | MRR | R@100" for name in names
+    )
+    lines = [head + " |", "| --- | --: |" + " --: |" * (5 * len(names))]
+    for category, first in next(iter(systems.values())).items():
+        cells = []
+        for name in names:
+            s = systems[name][category]
+            cells.append(" | ".join(f"{v:.3f}" for v in (*s.recall[:-1], s.mrr, s.recall[-1])))
+        label = f"**{category}**" if category == OVERALL else category
+        lines.append(f"| {label} | {first.n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def counts_line(scores: dict[str, Score]) -> str:
-    return ", ".join(f"{c}: {s.n}" for c, s in scores.items() if c != "multi-hop all")
