@@ -98,51 +98,10 @@ class loaded:
 
 
 def load_locomo() -> Dataset:
-    """``bench.locomo`` (the eval's loader) when present, else the same turns read here."""
-    try:
-        from bench import locomo  # type: ignore[attr-defined,unused-ignore]
+    """The LoCoMo dev conversations, as ``make eval`` loads them (``bench.locomo``)."""
+    from bench import locomo
 
-        return locomo.load()  # type: ignore[no-any-return,unused-ignore]
-    except ImportError:
-        # the repository's sibling ``shared/`` (a worktree's is one level further up)
-        paths = [p / "shared/data/locomo-dev/locomo-dev.json" for p in ROOT.parents[:2]]
-        return _minimal_locomo(next((p for p in paths if p.is_file()), paths[0]))
-
-
-def _minimal_locomo(path: Path) -> Dataset:
-    from datetime import UTC, datetime, timedelta
-
-    cats = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
-    data = Dataset()
-    for sample in json.loads(path.read_text()):
-        user, conv = str(sample["sample_id"]), sample["conversation"]
-        keys = set()
-        for name, turns in conv.items():
-            m = re.fullmatch(r"session_(\d+)", name)
-            if not m or not isinstance(turns, list):
-                continue
-            when = datetime.strptime(conv[f"{name}_date_time"].strip(), "%I:%M %p on %d %B, %Y")
-            for n, turn in enumerate(turns):
-                text = f"{turn['speaker']}: {turn['text']}"
-                if turn.get("blip_caption"):
-                    text += f" [shares a photo of {turn['blip_caption']}]"
-                key = f"{user}/{turn['dia_id']}"
-                keys.add(key)
-                at = when.replace(tzinfo=UTC) + n * timedelta(seconds=10)
-                data.turns.append(Turn(key, user, f"{user}/s{m.group(1)}", "user", text, at))
-        for qa in sample["qa"]:
-            ids = re.findall(r"D:?(\d+):(\d+)", " ".join(map(str, qa.get("evidence", []))))
-            gold = tuple(
-                frozenset([k])
-                for a, b in dict.fromkeys(ids)
-                if (k := f"{user}/D{int(a)}:{int(b)}") in keys
-            )
-            if gold:
-                cat = cats[int(qa["category"])]
-                data.questions.append(
-                    Question(user, cat, str(qa.get("answer", "")), qa["question"], gold)
-                )
-    return data
+    return locomo.load()
 
 
 def ingest(database_url: str, workspace: str, turns: Sequence[Turn]) -> int:
