@@ -6,7 +6,7 @@
                scored by their best hits), so an answer next to a hit, or in the session the
                question is about, gets a chance
     hydrate    one statement per round reads every candidate with its similarity to the query,
-               its own and its context's term frequencies for the query's lexemes, and its keys
+               which of the query's lexemes its own text and its context hold, and its keys
     features   per candidate, for ``memory.ranker`` (names in ``ranker.FEATURES``)
 
 The service runs the legs (the lexical one on its own connection while the query is embedded)
@@ -34,12 +34,14 @@ from memory.recall import (
     Hit,
     QueryTerms,
     _hit,
+    _quote_lexeme,
 )
 
 PRELIM = 10  # the hits whose neighbours join the pool
 SESSIONS = 3  # the best sessions whose turns join the pool
 SESSION_TURNS = 30  # at most, per session, nearest the query first
-_TOP_PER_SESSION = 2  # a session scores by the mean of its best hits
+_TOP_PER_SESSION = 2
+_MAX_LEXEMES = 16  # a session scores by the mean of its best hits
 
 
 @dataclass
@@ -117,19 +119,23 @@ async def _hydrate(
     if not ids and not threads:
         return []
     where, params = filters.sql()
-    lexemes = sorted(terms.idf) if terms else []
-    params.update(ids=ids, threads=list(threads), lexemes=lexemes, m=SESSION_TURNS * len(threads))
+    # The presence of the query's rarest lexemes, tested in C (a tsquery match per column):
+    # counting term frequencies by unnesting every candidate's tsvectors doubled the cost of
+    # this statement (README "Recall latency"), and in a turn a query term rarely occurs twice.
+    lexemes = sorted(terms.idf, key=lambda t: -terms.idf[t])[:_MAX_LEXEMES] if terms else []
+    params.update(threads=list(threads), ids=ids, m=SESSION_TURNS * len(threads))
+    params.update({f"t{i}": _quote_lexeme(t) for i, t in enumerate(lexemes)})
     similarity, near = "NULL::float8", "created_at DESC"
     if vector is not None:
         params["q"] = vector
         similarity, near = "1 - (embedding <=> %(q)s::vector)", "embedding <=> %(q)s::vector"
-    tf = (
-        "(SELECT coalesce(jsonb_object_agg(u.lexeme, coalesce(cardinality(u.positions), 1)), "
-        "'{{}}'::jsonb) FROM unnest({col}) AS u WHERE u.lexeme = ANY(%(lexemes)s::text[]))"
+    matches = ", ".join(
+        f"{col} @@ %(t{i})s::tsquery" for col in ("tsv", "ctx_tsv") for i in range(len(lexemes))
     )
+    tf = f"ARRAY[{matches}]::bool[]" if lexemes else "ARRAY[]::bool[]"
     select = (
         f"SELECT {_COLUMNS}, context_ids, keys, {similarity} AS similarity, "
-        f"length(tsv), length(ctx_tsv), {tf.format(col='tsv')}, {tf.format(col='ctx_tsv')} "
+        f"length(tsv), length(ctx_tsv), {tf} "
         f"FROM memory_items WHERE {where} AND embedding IS NOT NULL"
     )
     statement = f"({select} AND id = ANY(%(ids)s::uuid[]))"
@@ -150,21 +156,21 @@ async def _hydrate(
         candidate.context_ids = list(row[10] or ())
         candidate.keys = frozenset(row[11] or ())
         if terms is not None:
-            candidate.bm25 = _bm25(row[15], int(row[13]), terms, terms.avg_len)
-            candidate.bm25_context = _bm25(row[16], int(row[14]), terms, 2 * terms.avg_len)
+            present = row[15] or []
+            own = {t for i, t in enumerate(lexemes) if present[i]}
+            around = {t for i, t in enumerate(lexemes) if present[len(lexemes) + i]}
+            candidate.bm25 = _bm25(own, int(row[13]), terms, terms.avg_len)
+            candidate.bm25_context = _bm25(around, int(row[14]), terms, 2 * terms.avg_len)
             mass = sum(terms.idf.values()) or 1.0
-            candidate.coverage = sum(terms.idf.get(t, 0.0) for t in row[15]) / mass
-            either = set(row[15]) | set(row[16])
-            candidate.coverage_context = sum(terms.idf.get(t, 0.0) for t in either) / mass
+            candidate.coverage = sum(terms.idf.get(t, 0.0) for t in own) / mass
+            candidate.coverage_context = sum(terms.idf.get(t, 0.0) for t in own | around) / mass
     return added
 
 
-def _bm25(freqs: dict[str, int], length: int, terms: QueryTerms, avg_len: float) -> float:
+def _bm25(found: set[str], length: int, terms: QueryTerms, avg_len: float) -> float:
+    """BM25 with each found term's frequency taken as 1."""
     norm = _BM25_K1 * (1 - _BM25_B + _BM25_B * max(length, 1) / avg_len)
-    return sum(
-        terms.idf.get(lexeme, 0.0) * tf * (_BM25_K1 + 1) / (tf + norm)
-        for lexeme, tf in freqs.items()
-    )
+    return sum(terms.idf[t] for t in found) * (_BM25_K1 + 1) / (1 + norm)
 
 
 def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candidate]:

@@ -135,7 +135,9 @@ class Memory:
         # and this one reads the thread and its summary; only the vector leg waits for the vector.
         async with (
             _meanwhile(embed() if query else _nothing()) as vector,
-            _meanwhile(self._lexical(filters, query, depth) if query else _nothing()) as text,
+            _meanwhile(
+                self._lexical(filters, query, depth, vector) if query else _nothing()
+            ) as text,
         ):
             trimmed, dropped = context.fit_window(
                 messages, model, window, reserve + self.knobs.max_tokens
@@ -204,12 +206,17 @@ class Memory:
         """The memory API's search: the same pipeline as chat recall, or one leg alone."""
         depth = max(self.knobs.candidates, k) if len(legs) == 1 else self.knobs.candidates
         embedding = self.embed_query(query) if "vector" in legs else _nothing()
-        lexical = (
-            self._lexical(filters, query, depth) if "lexical" in legs and query.strip() else None
-        )
+        lexical = "lexical" in legs and query.strip()
         # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
-        # connection.
-        async with _meanwhile(embedding) as vector, _meanwhile(lexical or _nothing()) as text:
+        # connection (then the entity leg, once the vector is there).
+        async with (
+            _meanwhile(embedding) as vector,
+            _meanwhile(
+                self._lexical(filters, query, depth, vector if len(legs) > 1 else None)
+                if lexical
+                else _nothing()
+            ) as text,
+        ):
             async with self.reads.connection() as conn:
                 if len(legs) > 1:
                     hits = await self._rank(conn, filters, query, vector, text, depth, explain)
@@ -234,7 +241,7 @@ class Memory:
         filters: Filters,
         query: str,
         vector: Awaitable[str | None],
-        text: Awaitable[tuple[QueryTerms, list[Hit]] | None],
+        text: Awaitable[tuple[QueryTerms, list[Hit], list[Hit] | None] | None],
         depth: int,
         explain: bool = False,
     ) -> list[Hit]:
@@ -244,10 +251,14 @@ class Memory:
         legs: dict[str, list[Hit]] = {}
         if literal is not None:
             legs["vector"] = await vector_leg(conn, filters, literal, depth)
-        legs["entity"] = await entity_leg(conn, filters, qkeys.all(), depth, literal)
         lexical = await text
         terms = lexical[0] if lexical else None
         legs["lexical"] = lexical[1] if lexical else []
+        by_entity = lexical[2] if lexical else None
+        if by_entity is None:
+            by_entity = await entity_leg(conn, filters, query_keys(query, date.today()).all(),
+                                         depth, literal)  # fmt: skip
+        legs["entity"] = by_entity
         found = candidates.pool(legs)
         await candidates.widen(conn, filters, found, terms, literal)
         ranked = candidates.featurize(found, qkeys)
@@ -266,11 +277,16 @@ class Memory:
         return hit.matched or (hit.similarity or 0.0) >= self.knobs.min_similarity
 
     async def _lexical(
-        self, filters: Filters, query: str, depth: int
-    ) -> tuple[QueryTerms, list[Hit]]:
+        self, filters: Filters, query: str, depth: int, vector: Awaitable[str | None] | None
+    ) -> tuple[QueryTerms, list[Hit], list[Hit] | None]:
+        """The lexical leg; with ``vector``, then the entity leg on the same connection."""
         async with self.reads.connection() as conn:
             terms = await query_terms(conn, filters, query, self.counts)
-            return terms, await lexical_leg(conn, filters, query, depth, self.counts, terms)
+            hits = await lexical_leg(conn, filters, query, depth, self.counts, terms)
+            if vector is None:
+                return terms, hits, None
+            keys = query_keys(query, date.today()).all()
+            return terms, hits, await entity_leg(conn, filters, keys, depth, await vector)
 
 
 def _explain(c: candidates.Candidate) -> dict[str, Any]:
