@@ -5,7 +5,7 @@
     widen      their neighbours (``context_ids``) and the turns of the best sessions (threads
                scored by their best hits), so an answer next to a hit, or in the session the
                question is about, gets a chance
-    hydrate    one statement per round reads every candidate with its similarity to the query,
+    hydrate    one statement reads every candidate with its similarity to the query,
                which of the query's lexemes its own text and its context hold, and its keys
     features   per candidate, for ``memory.ranker`` (names in ``ranker.FEATURES``)
 
@@ -85,13 +85,12 @@ async def widen(
     terms: QueryTerms | None,
     vector: str | None,
 ) -> None:
-    """Hydrate the pool, then add the top hits' neighbours and their best sessions' turns."""
-    await _hydrate(conn, filters, found, list(found), terms, vector)
+    """Add the top hits' neighbours and their best sessions' turns; read every candidate."""
     ranked = prelim(found)
-    top = ranked[:PRELIM]
-    extra = {i for c in top for i in c.context_ids if i not in found}
+    extra = {i for c in ranked[:PRELIM] for i in c.hit.context_ids if i not in found}
     sessions = _best_sessions(ranked)
-    added = await _hydrate(conn, filters, found, sorted(extra), terms, vector, threads=sessions)
+    ids = [*found, *sorted(extra)]
+    added = await _hydrate(conn, filters, found, ids, terms, vector, threads=sessions)
     for item_id in added:
         found[item_id].legs.setdefault("widened", (1, 1.0))
 
@@ -134,7 +133,7 @@ async def _hydrate(
     )
     tf = f"ARRAY[{matches}]::bool[]" if lexemes else "ARRAY[]::bool[]"
     select = (
-        f"SELECT {_COLUMNS}, context_ids, keys, {similarity} AS similarity, "
+        f"SELECT {_COLUMNS}, keys, {similarity} AS similarity, "
         f"length(tsv), length(ctx_tsv), {tf} "
         f"FROM memory_items WHERE {where} AND embedding IS NOT NULL"
     )
@@ -153,7 +152,7 @@ async def _hydrate(
             candidate = found[hit.id] = Candidate(hit)
             added.append(hit.id)
         candidate.hit.similarity = None if row[12] is None else float(row[12])
-        candidate.context_ids = list(row[10] or ())
+        candidate.context_ids = hit.context_ids
         candidate.keys = frozenset(row[11] or ())
         if terms is not None:
             present = row[15] or []

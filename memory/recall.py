@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +68,7 @@ class Hit:
     lexical: float | None = None
     explain: dict[str, Any] | None = None
     matched: bool = True  # shares a word or a name with the query (else: the similarity floor)
+    context_ids: list[uuid.UUID] = field(default_factory=list)  # its neighbours (widening)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -106,7 +107,8 @@ class Filters:
 
 
 _COLUMNS = (
-    "id, kind, role, thread_id, end_user, content, content_hash, token_count, metadata, created_at"
+    "id, kind, role, thread_id, end_user, content, content_hash, token_count, metadata, "
+    "created_at, context_ids"
 )
 
 
@@ -342,23 +344,25 @@ async def entity_leg(
 ) -> list[Hit]:
     """Items whose ingest-time keys (``memory.keys``) share the most with the question's.
 
-    Ties (a name said in many turns) go to the items nearest the query vector, when there is one.
+    Within one end user or thread: most keys shared first, then nearest the query vector.
+    Across a whole workspace a name can match thousands of items: newest first, without
+    counting shared keys or computing distances (README "Recall latency").
     """
     if not keys:
         return []
     where, params = filters.sql()
-    params.update(keys=list(keys), n=n)
-    near = "created_at DESC"
-    # Within one end user or thread, ties go to the items nearest the query; across a whole
-    # workspace a name can match thousands of items: newest first, no distance computed.
-    if vector is not None and (filters.end_user is not None or filters.thread_id is not None):
-        params["q"] = vector
-        near = "embedding <=> %(q)s::vector"
+    params.update(keys=list(keys)[:_MAX_QUERY_LEXEMES], n=n)
+    order = "created_at DESC"
+    if filters.end_user is not None or filters.thread_id is not None:
+        order = (
+            "cardinality(ARRAY(SELECT unnest(keys) INTERSECT SELECT unnest(%(keys)s::text[]))) "
+            "DESC, " + ("embedding <=> %(q)s::vector" if vector is not None else order)
+        )
+        if vector is not None:
+            params["q"] = vector
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS}, cardinality(ARRAY(SELECT unnest(keys) INTERSECT "
-        "SELECT unnest(%(keys)s::text[]))) AS matched "
-        f"FROM memory_items WHERE {where} AND embedding IS NOT NULL AND keys && %(keys)s::text[] "
-        f"ORDER BY matched DESC, {near} LIMIT %(n)s",
+        f"SELECT {_COLUMNS} FROM memory_items WHERE {where} AND embedding IS NOT NULL "
+        f"AND keys && %(keys)s::text[] ORDER BY {order} LIMIT %(n)s",
         params,
     )
     return [_hit(row) for row in await cursor.fetchall()]
@@ -420,6 +424,7 @@ def _hit(row: Sequence[Any], similarity: float | None = None) -> Hit:
     """A row that starts with ``_COLUMNS``."""
     item_id, kind, role, thread_id, end_user, content, digest, tokens, meta, created = row[:10]
     return Hit(
+        context_ids=list(row[10] or ()),
         id=item_id,
         kind=kind,
         role=role,
