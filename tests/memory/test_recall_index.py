@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from datetime import date, datetime
 from pathlib import Path
@@ -297,6 +298,32 @@ def test_reindex_is_idempotent_and_resumes_where_it_stopped(
     rows(services, "UPDATE memory_items SET index_version = NULL WHERE id = :id RETURNING id",
          id=ids[2])  # fmt: skip
     assert reindex() == "1 memory items reindexed"
+
+
+def test_reindex_runs_as_a_worker_job_too(
+    http: httpx.Client, tenant: Tenant, services: Services
+) -> None:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    ids = add(http, tenant, *conversation(f"t-{user}", user, "Caroline: Hello.", "Mel: Hi!"))
+    as_uuids = [uuid.UUID(i) for i in ids]
+    rows(services, "UPDATE memory_items SET context = NULL, keys = NULL, index_version = NULL "
+         "WHERE id = ANY(:ids) RETURNING id", ids=as_uuids)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "memory", "reindex", "--queue",
+         "--workspace", tenant.name],
+        env=clean_env() | {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url},
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0 and "reindex queued" in done.stdout, done.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = rows(services, "SELECT count(*) FROM memory_items WHERE id = ANY(:ids) "
+                    "AND (index_version IS NULL OR context IS NULL)", ids=as_uuids)  # fmt: skip
+        if left[0][0] == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the worker did not run the reindex job")
 
 
 # --- the ranker's weights ---
