@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx2 as httpx
 import openai
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -27,7 +28,7 @@ from memory import keys as item_keys
 from memory.db import ReadPool
 from memory.ranker import FEATURES, Ranker, RankerError
 from memory.recall import DocCounts, Filters, lexical_leg
-from tests.conftest import Services, Tenant, clean_env, make_tenant, run_db
+from tests.conftest import Services, Tenant, clean_env, make_tenant, own_database, run_db
 from tests.memory.test_chat_memory import chat, wait_embedded
 from tests.memory.test_memory_api import add, api, search
 
@@ -324,6 +325,36 @@ def test_reindex_runs_as_a_worker_job_too(
         time.sleep(0.2)
     else:
         raise AssertionError("the worker did not run the reindex job")
+
+
+def test_the_migration_downgrades_cleanly_and_upgrades_again(services: Services) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from memory import migrate
+
+    def columns(url: str) -> set[str]:
+        with psycopg.connect(url) as conn:
+            found = conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'memory_items'"
+            ).fetchall()
+            indexes = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'memory_items'"
+            ).fetchall()
+        return {c for (c,) in found} | {i for (i,) in indexes}
+
+    ours = {"context", "context_ids", "keys", "index_version", "ctx_tsv",
+            "memory_items_ws_ctx_tsv", "memory_items_ws_keys", "memory_items_quoting",
+            "memory_items_conversation"}  # fmt: skip
+    with own_database(services) as url:
+        assert ours <= columns(url)
+        config = migrate.alembic_config(url)
+        before = ScriptDirectory.from_config(config).get_revision("0007").down_revision
+        command.downgrade(config, str(before))
+        assert not ours & columns(url)
+        command.upgrade(config, "head")
+        assert ours <= columns(url)
 
 
 # --- the ranker's weights ---
