@@ -293,9 +293,13 @@ async def query_terms(conn: Conn, filters: Filters, query: str, counts: DocCount
 
 async def lexical_leg(
     conn: Conn, filters: Filters, query: str, n: int, counts: DocCounts,
-    terms: QueryTerms | None = None,
+    terms: QueryTerms | None = None, *, exact: bool = True,
 ) -> list[Hit]:  # fmt: skip
-    """BM25 over each item's own text plus, weighted by ``W_CONTEXT``, its neighbours' text."""
+    """BM25 over each item's own text plus, weighted by ``W_CONTEXT``, its neighbours' text.
+
+    ``exact=False``: the SQL ranking (term frequencies taken as 1) is the answer, for callers
+    that score the candidates again (the ranker): no tsvectors fetched and parsed here.
+    """
     where, params = filters.sql()
     terms = terms or await query_terms(conn, filters, query, counts)
     df, idf, useful, avg_len = terms.df, terms.idf, terms.useful, terms.avg_len
@@ -315,13 +319,15 @@ async def lexical_leg(
         around = own.replace("(tsv @@", "(ctx_tsv @@")
         either = f"({either} OR ctx_tsv @@ %(tsq)s::tsquery)"
     params.update(
-        tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len, n=max(2 * n, 40)
-    )
+        tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len,
+        n=max(2 * n, 40) if exact else n,
+    )  # fmt: skip
     # BM25 with every term frequency taken as 1 ranks the candidates in SQL; only the top
     # ones come back, with their tsvectors as text for the exact BM25 below.
     norm = f"(1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * length(%s) / %%(avg)s::float8))"
+    texts = "tsv::text, ctx_tsv::text" if exact else "approx"
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS}, tsv::text, ctx_tsv::text FROM ("
+        f"SELECT {_COLUMNS}, {texts} FROM ("
         f"SELECT {_COLUMNS}, tsv, ctx_tsv, ({own}) / {norm % 'tsv'} + "
         f"{W_CONTEXT} * ({around}) / {norm % 'ctx_tsv'} / 2 AS approx "
         f"FROM memory_items WHERE {where} AND {either} "
@@ -331,6 +337,10 @@ async def lexical_leg(
     hits = []
     for row in await cursor.fetchall():
         hit = _hit(row)
+        if not exact:
+            hit.lexical = float(row[-1])
+            hits.append(hit)
+            continue
         hit.lexical = _bm25(_term_freqs(row[-2]), idf, avg_len) + W_CONTEXT * _bm25(
             _term_freqs(row[-1]), idf, 2 * avg_len
         )

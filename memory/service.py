@@ -282,7 +282,9 @@ class Memory:
         """The lexical leg; with ``vector``, then the entity leg on the same connection."""
         async with self.reads.connection() as conn:
             terms = await query_terms(conn, filters, query, self.counts)
-            hits = await lexical_leg(conn, filters, query, depth, self.counts, terms)
+            hits = await lexical_leg(
+                conn, filters, query, depth, self.counts, terms, exact=vector is None
+            )
             if vector is None:
                 return terms, hits, None
             keys = query_keys(query, date.today()).all()

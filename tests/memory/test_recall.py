@@ -131,7 +131,7 @@ def test_search_runs_the_lexical_leg_while_the_query_is_embedded(
     found = hit(lexical=1.0)
     memory: Memory
 
-    async def lexical_leg(*_: Any) -> list[Hit]:
+    async def lexical_leg(*_: Any, **__: Any) -> list[Hit]:
         memory.lexical_started.set()  # type: ignore[attr-defined]
         return [found]
 
@@ -149,7 +149,7 @@ def test_a_failing_vector_leg_cancels_the_lexical_leg_and_raises_its_own_error(
     cancelled = []
     memory: Memory
 
-    async def lexical_leg(*_: Any) -> list[Hit]:
+    async def lexical_leg(*_: Any, **__: Any) -> list[Hit]:
         memory.lexical_started.set()  # type: ignore[attr-defined]
         try:
             await asyncio.sleep(10)
