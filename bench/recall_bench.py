@@ -47,7 +47,7 @@ from memory.ranker import Ranker
 from memory.service import Knobs, Memory
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_MS = 15.0
+TARGET_MS = 30.0  # issue #11: p95 at 100k items, embedding included
 Timed = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
