@@ -43,10 +43,11 @@ from bench.processes import wait_quiet
 from bench.recall_explain import explain_legs
 from gateway.settings import Settings
 from memory import recall
+from memory.ranker import Ranker
 from memory.service import Knobs, Memory
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_MS = 15.0
+TARGET_MS = 30.0  # issue #11: p95 at 100k items, embedding included
 Timed = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -172,6 +173,12 @@ def _load(
     )
     rows = sum(n for _, n in plan)
     notes.append(f"COPY of {rows:,} rows without the vector and text indexes: {seconds:.1f} s")
+    t0 = time.perf_counter()
+    synthetic_items.index_context(conn)
+    notes.append(
+        f"context and keys of {rows:,} rows (what the embed job writes), in bulk: "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     conn.execute("SET maintenance_work_mem = '1GB'")
     for name, ddl in indexes:
         t0 = time.perf_counter()
@@ -259,7 +266,7 @@ async def _in_process(database_url: str, stage: Stage, args: argparse.Namespace)
                 lambda q=q: leg(lambda c: recall.lexical_leg(c, everyone, q, depth, counts))
             )
         knobs = Knobs(max_tokens=1000, max_items=8, min_similarity=0.35, candidates=depth,
-                      summary_threshold=2000)  # fmt: skip
+                      summary_threshold=2000, ranker=Ranker.load())  # fmt: skip
         memory = Memory(None, reads, embedder, knobs)  # type: ignore[arg-type]  # reads only
         async for q, timed in _series(stage, HYBRID, args):
             await timed(lambda q=q: memory.search(everyone, q, 10))

@@ -27,6 +27,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bench import conversations
+from memory.keys import item_keys
+from memory.neighbours import INDEX_VERSION, QUOTE_CHARS
 
 DIM = 384
 _VOCAB = Path(__file__).resolve().parents[1] / "memory" / "data" / "minilm-tokenizer.json"
@@ -105,6 +107,36 @@ def load(
                 copy.write_row(row)
     conn.commit()
     return time.perf_counter() - started
+
+
+# What the embed job writes per item (memory.neighbours, memory.keys), for a COPY-loaded table:
+# every conversation's neighbours by window functions, keys in Python, both in bulk.
+_CONTEXT = f"""
+UPDATE memory_items AS m
+SET context = c.context, context_ids = c.ids, index_version = {INDEX_VERSION}
+FROM (
+    SELECT id,
+        nullif(concat_ws(E'\\n', left(lag(content) OVER w, {QUOTE_CHARS}),
+                         left(lead(content) OVER w, {QUOTE_CHARS})), '') AS context,
+        array_remove(ARRAY[lag(id) OVER w, lead(id) OVER w], NULL) AS ids
+    FROM memory_items
+    WHERE kind IN ('message', 'note')
+    WINDOW w AS (PARTITION BY workspace_id, coalesce(thread_id, ''), coalesce(end_user, '')
+                 ORDER BY created_at, coalesce(position, -1), id)
+) AS c
+WHERE m.id = c.id
+"""
+
+
+def index_context(conn: psycopg.Connection) -> None:
+    conn.execute(_CONTEXT)
+    conn.execute("CREATE TEMP TABLE item_keys (id uuid, keys text[]) ON COMMIT DROP")
+    rows = conn.execute("SELECT id, content, created_at FROM memory_items").fetchall()
+    with conn.cursor() as cur, cur.copy("COPY item_keys (id, keys) FROM STDIN") as copy:
+        for item_id, content, created_at in rows:
+            copy.write_row((item_id, item_keys(content, created_at)))
+    conn.execute("UPDATE memory_items AS m SET keys = k.keys FROM item_keys AS k WHERE m.id = k.id")
+    conn.commit()
 
 
 _NOISE = 0.5  # |noise| relative to the unit turn vector: cosine 1/sqrt(1 + 0.25) ~ 0.89

@@ -108,6 +108,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from gateway.exposure import check_master_key
 
     check_master_key(settings.master_key, args.host or settings.host)  # before anything starts
+    from memory.ranker import Ranker, RankerError
+
+    try:  # before anything starts: a bad weights file is a clear error, not a failed request
+        Ranker.load(Path(settings.recall_ranker) if settings.recall_ranker else None)
+    except RankerError as exc:
+        raise SystemExit(f"cmg serve: {exc}") from exc
     from gateway.observe import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -339,6 +345,41 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, data, "\n".join(lines))
 
 
+def cmd_memory_reindex(args: argparse.Namespace, settings: Settings) -> None:
+    with services(settings) as resolved:
+        _memory_reindex(args, resolved)
+
+
+def _memory_reindex(args: argparse.Namespace, settings: Settings) -> None:
+    from sqlalchemy import select
+
+    from memory.db import sync_engine
+    from memory.schema import Workspace
+    from workers import embedding
+    from workers.outbox import EMBED, Enqueue, enqueue, redis_client
+
+    engine = sync_engine(settings.database_url)
+    try:
+        workspace_id = None
+        if args.workspace:
+            with engine.connect() as conn:
+                workspace_id = conn.scalar(
+                    select(Workspace.id).where(Workspace.name == args.workspace)
+                )
+            if workspace_id is None:
+                raise SystemExit(f"cmg: no workspace named {args.workspace!r}")
+        if args.queue:
+            ws = str(workspace_id) if workspace_id else None
+            job = Enqueue(f"reindex-{ws or 'all'}", EMBED, "reindex_memory", {"workspace_id": ws})
+            enqueue(redis_client(settings.redis_url), [job])
+            print("reindex queued")
+            return
+        count = embedding.reindex(engine, workspace_id=workspace_id)
+    finally:
+        engine.dispose()
+    print(f"{count} memory items reindexed")
+
+
 def cmd_memory_reembed(args: argparse.Namespace, settings: Settings) -> None:
     with services(settings) as resolved:
         _memory_reembed(args, resolved)
@@ -438,6 +479,12 @@ def _parser() -> argparse.ArgumentParser:
     reembed.add_argument("--workspace", metavar="NAME")
     reembed.add_argument("--all", action="store_true", help="every item, whatever its model")
     reembed.set_defaults(run=cmd_memory_reembed)
+    reindex = memory.add_parser(
+        "reindex", help="give stored memory the current recall index (online, resumable)"
+    )
+    reindex.add_argument("--workspace", metavar="NAME")
+    reindex.add_argument("--queue", action="store_true", help="run it as a worker job instead")
+    reindex.set_defaults(run=cmd_memory_reindex)
 
     workspace = sub.add_parser("workspace", help="manage workspaces").add_subparsers(
         dest="action", required=True

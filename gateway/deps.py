@@ -7,6 +7,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +24,7 @@ from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 from gateway.workspaces import KeyRecord, find_key
 from memory.db import ReadPool, async_engine, sessionmaker
+from memory.ranker import Ranker
 from memory.service import Knobs, Memory
 from memory.tokens import count_text
 from workers.embedding import embedder_for
@@ -48,6 +50,8 @@ class Deps:
 
 @contextlib.asynccontextmanager
 async def build(settings: Settings) -> AsyncIterator[Deps]:
+    # First: a missing or corrupt weights file stops the start, not the first request.
+    ranker = Ranker.load(Path(settings.recall_ranker) if settings.recall_ranker else None)
     engine = async_engine(settings.database_url)
     sessions = sessionmaker(engine)
 
@@ -68,6 +72,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         min_similarity=settings.memory_min_similarity,
         candidates=settings.memory_candidates,
         summary_threshold=settings.summary_threshold_tokens,
+        ranker=ranker,
     )
     deps = Deps(
         settings=settings,

@@ -227,7 +227,10 @@ async def search(request: Request) -> Response:
     filters = Filters(
         caller.workspace_id, params.get("user") or None, params.get("thread_id") or None
     )
-    hits = await deps.memory.search(filters, query[:4000].replace("\x00", ""), k, legs=legs[mode])
+    explain = params.get("explain", "").lower() in ("1", "true", "yes")
+    hits = await deps.memory.search(
+        filters, query[:4000].replace("\x00", ""), k, legs=legs[mode], explain=explain
+    )
     return _json({"object": "list", "data": [h.as_json() for h in hits]})
 
 

@@ -127,7 +127,13 @@ class Settings:
         0.35,
     )
     memory_candidates: int = _s(
-        "CMG_MEMORY_CANDIDATES", "Candidates per search leg before fusion.", 20
+        "CMG_MEMORY_CANDIDATES", "Candidates per search leg before ranking.", 50
+    )
+    recall_ranker: str = _s(
+        "CMG_RECALL_RANKER",
+        "Weights file of the recall ranker (python -m bench.fit_ranker writes it); "
+        "unset: the one shipped in memory/data/ranker.json.",
+        "",
     )
     memory_wait_seconds: float = _s(
         "CMG_MEMORY_WAIT_SECONDS",

@@ -3,6 +3,7 @@
 One statement does it (``DELETE_ITEMS_SQL``, params ``:workspace_id`` and ``:ids``): the items
 go, summaries and facts whose ``source_ids`` overlap them go too, and the document frequencies
 of every embedded one are decremented (an item counts in ``term_stats`` iff it is embedded).
+Rows whose neighbour context quoted a deleted item get it anew (``memory.neighbours``).
 The gateway (async) and the workers (sync) both run it.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+
+from memory import neighbours
 
 DELETE_ITEMS_SQL = text(
     """
@@ -63,6 +66,7 @@ async def forget_items(
     if not ids:
         return 0
     deleted = (await session.execute(DELETE_ITEMS_SQL, params(workspace_id, ids))).scalar_one()
+    await neighbours.refresh_quoting_async(session, workspace_id, ids)
     await session.execute(_PRUNE_STATS, {"workspace_id": uuid.UUID(str(workspace_id))})
     return int(deleted)
 
@@ -110,5 +114,6 @@ def forget(
     if not ids:
         return 0
     deleted = session.execute(DELETE_ITEMS_SQL, params(ws, list(ids))).scalar_one()
+    neighbours.refresh_quoting(session, ws, ids)
     session.execute(_PRUNE_STATS, {"workspace_id": ws})
     return int(deleted)

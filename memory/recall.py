@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ Conn = AsyncConnection[Any]
 RRF_K = 5
 W_LEXICAL = 1.0
 W_VECTOR = 0.5
+W_CONTEXT = 0.5  # a neighbour's words count half as much as the item's own (README "Recall")
 _BM25_K1 = 1.2
 _BM25_B = 0.75
 _MAX_QUERY_LEXEMES = 16
@@ -65,6 +66,9 @@ class Hit:
     score: float = 0.0
     similarity: float | None = None
     lexical: float | None = None
+    explain: dict[str, Any] | None = None
+    matched: bool = True  # shares a word or a name with the query (else: the similarity floor)
+    context_ids: list[uuid.UUID] = field(default_factory=list)  # its neighbours (widening)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class Hit:
             "score": round(self.score, 6),
             "similarity": None if self.similarity is None else round(self.similarity, 6),
             "lexical_score": None if self.lexical is None else round(self.lexical, 6),
+            **({"explain": self.explain} if self.explain is not None else {}),
         }
 
 
@@ -102,7 +107,8 @@ class Filters:
 
 
 _COLUMNS = (
-    "id, kind, role, thread_id, end_user, content, content_hash, token_count, metadata, created_at"
+    "id, kind, role, thread_id, end_user, content, content_hash, token_count, metadata, "
+    "created_at, context_ids"
 )
 
 
@@ -286,42 +292,90 @@ async def query_terms(conn: Conn, filters: Filters, query: str, counts: DocCount
 
 
 async def lexical_leg(
-    conn: Conn, filters: Filters, query: str, n: int, counts: DocCounts
-) -> list[Hit]:
+    conn: Conn, filters: Filters, query: str, n: int, counts: DocCounts,
+    terms: QueryTerms | None = None, *, exact: bool = True,
+) -> list[Hit]:  # fmt: skip
+    """BM25 over each item's own text plus, weighted by ``W_CONTEXT``, its neighbours' text.
+
+    ``exact=False``: the SQL ranking (term frequencies taken as 1) is the answer, for callers
+    that score the candidates again (the ranker): no tsvectors fetched and parsed here.
+    """
     where, params = filters.sql()
-    terms = await query_terms(conn, filters, query, counts)
+    terms = terms or await query_terms(conn, filters, query, counts)
     df, idf, useful, avg_len = terms.df, terms.idf, terms.useful, terms.avg_len
     if not useful:
         return []
-    scored = " + ".join(
-        f"(tsv @@ %(lex{i})s::tsquery)::int * %(idf{i})s" for i in range(len(useful))
-    )
+    own = " + ".join(f"(tsv @@ %(lex{i})s::tsquery)::int * %(idf{i})s" for i in range(len(useful)))
     for i, lexeme in enumerate(useful):
         params[f"lex{i}"], params[f"idf{i}"] = _quote_lexeme(lexeme), idf[lexeme]
-    # Scoped to an end user or thread, the planner reads that scope's rows instead: no cap.
+    # Scoped to an end user or thread, the planner reads that scope's rows instead: no cap, and
+    # items match through their neighbours' words too. Across a whole large workspace that
+    # doubles the rows scored (README "Recall latency"): there only the widening (the top
+    # hits' neighbours) brings the context in.
     scoped = filters.end_user is not None or filters.thread_id is not None
     candidates = useful if scoped else _rarest(useful, df)
+    around, either = "0", "tsv @@ %(tsq)s::tsquery"
+    if scoped:
+        around = own.replace("(tsv @@", "(ctx_tsv @@")
+        either = f"({either} OR ctx_tsv @@ %(tsq)s::tsquery)"
     params.update(
-        tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len, n=max(2 * n, 40)
-    )
+        tsq=" | ".join(_quote_lexeme(lex) for lex in candidates), avg=avg_len,
+        n=max(2 * n, 40) if exact else n,
+    )  # fmt: skip
     # BM25 with every term frequency taken as 1 ranks the candidates in SQL; only the top
-    # ones come back, with their tsvector as text for the exact BM25 below.
+    # ones come back, with their tsvectors as text for the exact BM25 below.
+    norm = f"(1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * length(%s) / %%(avg)s::float8))"
+    texts = "tsv::text, ctx_tsv::text" if exact else "approx"
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS}, tsv::text AS tsv_text FROM ("
-        f"SELECT {_COLUMNS}, tsv, ({scored}) / "
-        f"(1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * length(tsv) / %(avg)s::float8))"
-        " AS approx "
-        f"FROM memory_items WHERE {where} AND tsv @@ %(tsq)s::tsquery "
+        f"SELECT {_COLUMNS}, {texts} FROM ("
+        f"SELECT {_COLUMNS}, tsv, ctx_tsv, ({own}) / {norm % 'tsv'} + "
+        f"{W_CONTEXT} * ({around}) / {norm % 'ctx_tsv'} / 2 AS approx "
+        f"FROM memory_items WHERE {where} AND {either} "
         "ORDER BY approx DESC, created_at DESC LIMIT %(n)s) AS top",
         params,
     )
     hits = []
     for row in await cursor.fetchall():
         hit = _hit(row)
-        hit.lexical = _bm25(_term_freqs(row[-1]), idf, avg_len)
+        if not exact:
+            hit.lexical = float(row[-1])
+            hits.append(hit)
+            continue
+        hit.lexical = _bm25(_term_freqs(row[-2]), idf, avg_len) + W_CONTEXT * _bm25(
+            _term_freqs(row[-1]), idf, 2 * avg_len
+        )
         hits.append(hit)
     hits.sort(key=lambda h: (h.lexical or 0.0, h.created_at), reverse=True)
     return hits[:n]
+
+
+async def entity_leg(
+    conn: Conn, filters: Filters, keys: Sequence[str], n: int, vector: str | None = None
+) -> list[Hit]:
+    """Items whose ingest-time keys (``memory.keys``) share the most with the question's.
+
+    Within one end user or thread: most keys shared first, then nearest the query vector.
+    Across a whole workspace a name can match thousands of items: newest first, without
+    counting shared keys or computing distances (README "Recall latency").
+    """
+    if not keys:
+        return []
+    where, params = filters.sql()
+    params.update(keys=list(keys)[:_MAX_QUERY_LEXEMES], n=n)
+    order = "created_at DESC"
+    if filters.end_user is not None or filters.thread_id is not None:
+        order = (
+            "cardinality(ARRAY(SELECT unnest(keys) INTERSECT SELECT unnest(%(keys)s::text[]))) "
+            "DESC, " + ("embedding <=> %(q)s::vector" if vector is not None else order)
+        )
+        if vector is not None:
+            params["q"] = vector
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM memory_items WHERE {where} AND embedding IS NOT NULL "
+        f"AND keys && %(keys)s::text[] ORDER BY {order} LIMIT %(n)s",
+        params,
+    )
+    return [_hit(row) for row in await cursor.fetchall()]
 
 
 def _rarest(useful: list[str], df: dict[str, int]) -> list[str]:
@@ -380,6 +434,7 @@ def _hit(row: Sequence[Any], similarity: float | None = None) -> Hit:
     """A row that starts with ``_COLUMNS``."""
     item_id, kind, role, thread_id, end_user, content, digest, tokens, meta, created = row[:10]
     return Hit(
+        context_ids=list(row[10] or ()),
         id=item_id,
         kind=kind,
         role=role,

@@ -110,6 +110,14 @@ class MemoryItem(Base):
     tsv: Mapped[Any] = mapped_column(
         TSVECTOR, Computed("to_tsvector('english', left(content, 100000))")
     )
+    # Filled by the embed job (memory.neighbours, memory.keys); migration 0007.
+    context: Mapped[str | None] = mapped_column(Text)
+    context_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID))
+    keys: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    index_version: Mapped[int | None]
+    ctx_tsv: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english', left(coalesce(context, ''), 20000))")
+    )
 
 
 class TermStat(Base):

@@ -14,20 +14,26 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import context, store
+from memory import candidates, context, store
 from memory.db import ReadPool
 from memory.embedder import Embedder
+from memory.keys import query_keys
 from memory.offload import offload, text_size
+from memory.ranker import Ranker
 from memory.recall import (
     DocCounts,
     Filters,
     Hit,
+    QueryTerms,
+    entity_leg,
     fuse,
     lexical_leg,
+    query_terms,
     thread_context,
     vector_leg,
     vector_literal,
@@ -50,6 +56,7 @@ class Knobs:
     min_similarity: float
     candidates: int
     summary_threshold: int
+    ranker: Ranker | None = None  # None: the legs' weighted RRF (tests of the plumbing)
 
 
 @dataclass
@@ -132,7 +139,9 @@ class Memory:
         # and this one reads the thread and its summary; only the vector leg waits for the vector.
         async with (
             _meanwhile(embed() if query else _nothing()) as vector,
-            _meanwhile(self._lexical(filters, query, depth) if query else _nothing()) as text,
+            _meanwhile(
+                self._lexical(filters, query, depth, vector) if query else _nothing()
+            ) as text,
         ):
             # Counting, redacting and hashing the whole history: off the loop when it is big.
             trimmed, dropped, exclude = await offload(
@@ -147,13 +156,9 @@ class Memory:
                     )
                 if not (dropped or len(turns) < next_position):
                     summary = None  # the request carries the thread's early history itself
-                by_vector, literal = None, await vector
-                if literal is not None:
-                    by_vector = await vector_leg(conn, filters, literal, depth)
-            hits = fuse(
-                by_vector, await text, limit=self.knobs.max_items * 3,
-                min_similarity=self.knobs.min_similarity, exclude_hashes=exclude,
-            )  # fmt: skip
+                hits = await self._rank(conn, filters, query, vector, text, depth)
+        hits = [h for h in hits if h.content_hash not in exclude and self._relevant(h)]
+        hits = hits[: self.knobs.max_items * 3]
         if summary is not None:
             hits = [h for h in hits if h.id != summary.id]
         injected = context.choose(
@@ -201,27 +206,102 @@ class Memory:
 
     async def search(
         self, filters: Filters, query: str, k: int,
-        legs: tuple[str, ...] = ("vector", "lexical"),
+        legs: tuple[str, ...] = ("vector", "lexical"), *, explain: bool = False,
     ) -> list[Hit]:  # fmt: skip
-        depth = max(self.knobs.candidates, k)
+        """The memory API's search: the same pipeline as chat recall, or one leg alone."""
+        depth = max(self.knobs.candidates, k) if len(legs) == 1 else self.knobs.candidates
         embedding = self.embed_query(query) if "vector" in legs else _nothing()
-        lexical = (
-            self._lexical(filters, query, depth) if "lexical" in legs and query.strip() else None
-        )
+        lexical = "lexical" in legs and query.strip()
         # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
-        # connection.
-        async with _meanwhile(embedding) as vector, _meanwhile(lexical or _nothing()) as text:
-            by_vector = None
-            if "vector" in legs:
-                literal = await vector
-                assert literal is not None
-                async with self.reads.connection() as conn:
+        # connection (then the entity leg, once the vector is there).
+        async with (
+            _meanwhile(embedding) as vector,
+            _meanwhile(
+                self._lexical(filters, query, depth, vector if len(legs) > 1 else None)
+                if lexical
+                else _nothing()
+            ) as text,
+        ):
+            async with self.reads.connection() as conn:
+                if len(legs) > 1:
+                    hits = await self._rank(conn, filters, query, vector, text, depth, explain)
+                    return hits[:k]
+                by_vector = None
+                if "vector" in legs:
+                    literal = await vector
+                    assert literal is not None
                     by_vector = await vector_leg(conn, filters, literal, depth)
-            return fuse(by_vector, await text, limit=k, min_similarity=-1.0, both=len(legs) > 1)
+                found = await text
+                hits = fuse(by_vector, found[1] if found else None, limit=k,
+                            min_similarity=-1.0, both=False)  # fmt: skip
+                if explain:
+                    for rank, hit in enumerate(hits, 1):
+                        leg_score = hit.similarity if by_vector is not None else hit.lexical
+                        hit.explain = {"legs": {legs[0]: {"rank": rank, "score": leg_score}}}
+                return hits
 
-    async def _lexical(self, filters: Filters, query: str, depth: int) -> list[Hit]:
+    async def _rank(
+        self,
+        conn: Any,
+        filters: Filters,
+        query: str,
+        vector: Awaitable[str | None],
+        text: Awaitable[tuple[QueryTerms, list[Hit], list[Hit] | None] | None],
+        depth: int,
+        explain: bool = False,
+    ) -> list[Hit]:
+        """Every leg, widened by neighbours and sessions, ranked by the fitted model."""
+        qkeys = query_keys(query, date.today())
+        literal = await vector
+        legs: dict[str, list[Hit]] = {}
+        if literal is not None:
+            legs["vector"] = await vector_leg(conn, filters, literal, depth)
+        lexical = await text
+        terms = lexical[0] if lexical else None
+        legs["lexical"] = lexical[1] if lexical else []
+        by_entity = lexical[2] if lexical else None
+        if by_entity is None:
+            by_entity = await entity_leg(conn, filters, query_keys(query, date.today()).all(),
+                                         depth, literal)  # fmt: skip
+        legs["entity"] = by_entity
+        found = candidates.pool(legs)
+        await candidates.widen(conn, filters, found, terms, literal)
+        ranked = candidates.featurize(found, qkeys)
+        ranker = self.knobs.ranker
+        order = {c.hit.id: i for i, c in enumerate(candidates.prelim(found))}
+        for c in ranked:
+            c.hit.score = ranker.score(c.features) if ranker else -float(order[c.hit.id])
+            c.hit.lexical = c.bm25 + c.bm25_context if terms else c.hit.lexical
+            c.hit.explain = _explain(c) if explain else None
+            c.hit.matched = bool(c.bm25 or c.bm25_context or c.features["names"])
+        ranked.sort(key=lambda c: (c.hit.score, c.hit.created_at), reverse=True)
+        return [c.hit for c in ranked]
+
+    def _relevant(self, hit: Hit) -> bool:
+        """Chat injection: a hit with no shared word or name must clear the similarity floor."""
+        return hit.matched or (hit.similarity or 0.0) >= self.knobs.min_similarity
+
+    async def _lexical(
+        self, filters: Filters, query: str, depth: int, vector: Awaitable[str | None] | None
+    ) -> tuple[QueryTerms, list[Hit], list[Hit] | None]:
+        """The lexical leg; with ``vector``, then the entity leg on the same connection."""
         async with self.reads.connection() as conn:
-            return await lexical_leg(conn, filters, query, depth, self.counts)
+            terms = await query_terms(conn, filters, query, self.counts)
+            hits = await lexical_leg(
+                conn, filters, query, depth, self.counts, terms, exact=vector is None
+            )
+            if vector is None:
+                return terms, hits, None
+            keys = query_keys(query, date.today()).all()
+            return terms, hits, await entity_leg(conn, filters, keys, depth, await vector)
+
+
+def _explain(c: candidates.Candidate) -> dict[str, Any]:
+    return {
+        "legs": {leg: {"rank": rank, "score": round(score, 6)} for leg, (rank, score)
+                 in c.legs.items()},
+        "features": {name: round(value, 6) for name, value in c.features.items()},
+    }  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -128,6 +128,13 @@ def embed_items(item_ids: list[str]) -> int:
 
 
 @timed_job
+def reindex_memory(workspace_id: str | None = None) -> int:
+    """``cmg memory reindex --queue``: the current context and keys for embedded items."""
+    ws = uuid.UUID(workspace_id) if workspace_id else None
+    return embedding.reindex(_ctx().engine, workspace_id=ws)
+
+
+@timed_job
 def refresh_summary(workspace_id: str, thread_id: str) -> str | None:
     """Fold the thread's new messages into its summary; the new summary's id, or None."""
     workspace = uuid.UUID(workspace_id)
@@ -241,6 +248,7 @@ __all__ = [
     "purge_retention",
     "push_outbox",
     "refresh_summary",
+    "reindex_memory",
     "sweep_unembedded",
     "sync_catalog",
 ]

@@ -15,6 +15,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from memory import neighbours
 from memory.forget import DELETE_ITEMS_SQL, params
 from workers.outbox import SUMMARIZE, record
 
@@ -76,6 +77,7 @@ def _purge_workspace(sessions: sessionmaker[Session], workspace_id: uuid.UUID, d
             ids = list(session.execute(_EXPIRED, {**key, "limit": BATCH}).scalars())
             if ids:
                 deleted += session.execute(DELETE_ITEMS_SQL, params(workspace_id, ids)).scalar_one()
+                neighbours.refresh_quoting(session, workspace_id, ids)
         if len(ids) < BATCH:
             break
     with sessions.begin() as session:

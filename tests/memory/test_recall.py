@@ -102,9 +102,21 @@ class _Embedder:
         return np.ones((len(texts), 3), dtype=np.float32)
 
 
+async def _no_terms(*_: Any) -> None:
+    return None
+
+
+async def _nothing_found(*_: Any) -> list[Hit]:
+    return []
+
+
 def _memory(monkeypatch: pytest.MonkeyPatch, vector_leg: Any, lexical_leg: Any) -> Memory:
     monkeypatch.setattr(service, "vector_leg", vector_leg)
     monkeypatch.setattr(service, "lexical_leg", lexical_leg)
+    # Only the two legs' plumbing is under test here: the other steps read nothing.
+    monkeypatch.setattr(service, "query_terms", _no_terms)
+    monkeypatch.setattr(service, "entity_leg", _nothing_found)
+    monkeypatch.setattr(service.candidates, "widen", _nothing_found)
     started = threading.Event()
     knobs = Knobs(max_tokens=100, max_items=4, min_similarity=0.3, candidates=5,
                   summary_threshold=100)  # fmt: skip
@@ -119,7 +131,7 @@ def test_search_runs_the_lexical_leg_while_the_query_is_embedded(
     found = hit(lexical=1.0)
     memory: Memory
 
-    async def lexical_leg(*_: Any) -> list[Hit]:
+    async def lexical_leg(*_: Any, **__: Any) -> list[Hit]:
         memory.lexical_started.set()  # type: ignore[attr-defined]
         return [found]
 
@@ -137,7 +149,7 @@ def test_a_failing_vector_leg_cancels_the_lexical_leg_and_raises_its_own_error(
     cancelled = []
     memory: Memory
 
-    async def lexical_leg(*_: Any) -> list[Hit]:
+    async def lexical_leg(*_: Any, **__: Any) -> list[Hit]:
         memory.lexical_started.set()  # type: ignore[attr-defined]
         try:
             await asyncio.sleep(10)

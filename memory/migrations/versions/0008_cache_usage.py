@@ -5,13 +5,13 @@
 ``memory_tokens`` / ``memory_cost_usd`` are what the injected memory block added to a request.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
