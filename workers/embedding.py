@@ -37,6 +37,14 @@ _WORKSPACES = text(
     "SELECT workspace_id, array_agg(id) AS ids FROM memory_items "
     "WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY 1"
 )
+# Writers of one workspace's rows take turns: the context refresh rewrites neighbours of the
+# items (rows another run may be writing), so two runs over overlapping items could otherwise
+# lock the same rows in opposite orders and deadlock. Locks are taken in workspace-id order.
+_LOCK_WORKSPACES = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('cmg-embed:' || w::text, 0)) FROM "
+    "(SELECT DISTINCT workspace_id AS w FROM memory_items "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY 1) AS s"
+)
 # The vector, the keys (JSON arrays: one text[] per row cannot go through unnest) and the
 # index version, at once.
 _WRITE = text(
@@ -114,6 +122,7 @@ def embed(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -> int:
 
 def _embed_batch(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -> int:
     with Session(engine) as session, session.begin():
+        session.execute(_LOCK_WORKSPACES, {"ids": list(ids)})
         index_context(session, ids)
     with engine.connect() as conn:
         rows = conn.execute(_UNEMBEDDED, {"ids": list(ids)}).all()
@@ -121,6 +130,7 @@ def _embed_batch(engine: Engine, embedder: Embedder, ids: Sequence[uuid.UUID]) -
         return 0
     vectors = embedder.embed([indexed_text(r) for r in rows])
     with Session(engine) as session, session.begin():
+        session.execute(_LOCK_WORKSPACES, {"ids": [r.id for r in rows]})
         params = {
             "ids": [r.id for r in rows],
             "vectors": as_text(vectors),
