@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, deps, embeddings, health, memory_api, metrics, models, usage
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, error_body, json_error
+from gateway.mcp.server import Endpoint as McpEndpoint
 from gateway.observe import Observe
 from gateway.settings import Settings
 
@@ -30,9 +31,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with deps.build(settings) as built:
+        async with deps.build(settings) as built, mcp.running():
             yield {"deps": built}
 
+    mcp = McpEndpoint()
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
@@ -48,6 +50,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/memory/users/{user:path}", memory_api.delete_user, methods=["DELETE"]),
         Route("/v1/memory/requests/{request_id}", memory_api.get_injection, methods=["GET"]),
         Route("/v1/usage", usage.usage_endpoint, methods=["GET"]),
+        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),

@@ -432,6 +432,32 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     launcher.up(settings)
 
 
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> None:
+    """A ready-to-paste MCP client config for this gateway (Cursor, Claude Code, Claude Desktop)."""
+    key = args.key or os.environ.get("CMG_API_KEY", "")
+    dev_key = settings.data_dir / "dev_key"
+    if not key and dev_key.exists():
+        key = dev_key.read_text().strip()
+    if not key:
+        sys.exit("cmg mcp: no key: pass --key cmg_... (or run `make run` once for a dev key)")
+    url = args.url or f"http://{settings.host}:{settings.port}/mcp"
+    auth = f"Bearer {key}"
+    config = {"mcpServers": {"context-memory": {"type": "http", "url": url,
+                                                "headers": {"Authorization": auth}}}}  # fmt: skip
+    desktop = {"mcpServers": {"context-memory": {
+        "command": "npx", "args": ["-y", "mcp-remote", url, "--header", f"Authorization:{auth}"],
+    }}}  # fmt: skip
+    print(orjson.dumps(config, option=orjson.OPT_INDENT_2).decode())
+    print(
+        "\n# Cursor (~/.cursor/mcp.json) and Claude Code (.mcp.json) take the JSON above;\n"
+        f"# or: claude mcp add --transport http context-memory {url} "
+        f'--header "Authorization: {auth}"\n'
+        "# Claude Desktop (claude_desktop_config.json) reaches remote servers through mcp-remote:",
+        file=sys.stderr,
+    )
+    print(orjson.dumps(desktop, option=orjson.OPT_INDENT_2).decode(), file=sys.stderr)
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if getattr(args, "json", False):
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
@@ -455,6 +481,10 @@ def _parser() -> argparse.ArgumentParser:
         run=cmd_up
     )
 
+    mcp = sub.add_parser("mcp", help="print an MCP client config (Cursor, Claude) for a key")
+    mcp.add_argument("--key", help="workspace key (default: $CMG_API_KEY, else the dev key)")
+    mcp.add_argument("--url", help="the gateway's /mcp URL as clients reach it")
+    mcp.set_defaults(run=cmd_mcp)
     catalog = sub.add_parser("catalog", help="model catalog").add_subparsers(
         dest="action", required=True
     )

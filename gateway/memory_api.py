@@ -24,9 +24,9 @@ from gateway.deps import Deps
 from gateway.errors import BadRequest, NotFound
 from gateway.protocol import ROLES, read_body
 from gateway.threads import THREAD_ID
-from memory import forget, store
+from memory import items, store
 from memory.recall import Filters
-from memory.schema import Injection, MemoryItem, Thread
+from memory.schema import Injection, MemoryItem
 
 _KINDS = ("note", "fact", "message")
 _MAX_BATCH = 1000
@@ -49,11 +49,11 @@ async def _caller(request: Request, *, budget: bool = True) -> tuple[Deps, Calle
 async def add_items(request: Request) -> Response:
     deps, caller = await _caller(request)
     body = _items_body(await read_body(request, deps.settings.max_body_bytes))
-    items = [_new_item(entry, f"items[{i}]") for i, entry in enumerate(body)]
+    new = [parse_item(entry, f"items[{i}]") for i, entry in enumerate(body)]
     wait = _wait_seconds(request.query_params.get("wait", ""), deps.settings.memory_wait_seconds)
     pii = bool(caller.settings.get("redact_pii", False))
     async with deps.sessions.begin() as session:
-        ids = await store.add_items(session, caller.workspace_id, items, pii=pii)
+        ids = await items.add(session, caller.workspace_id, new, pii=pii)
     deps.memory.kick()
     data = [{"id": str(i), "object": "memory.item"} for i in ids]
     if wait:
@@ -82,7 +82,7 @@ def _items_body(raw: bytes) -> list[Any]:
     return items
 
 
-def _new_item(entry: Any, param: str) -> store.NewItem:
+def parse_item(entry: Any, param: str) -> store.NewItem:
     if not isinstance(entry, dict):
         raise BadRequest(f"{param} must be an object", param=param, code="invalid_type")
     content = entry.get("content")
@@ -238,48 +238,39 @@ async def get_item(request: Request) -> Response:
     deps, caller = await _caller(request)
     async with deps.sessions() as session:
         item = await _item(session, caller, request.path_params["item_id"])
-    return _json(_item_json(item))
+    return _json(items.item_json(item))
 
 
 async def delete_item(request: Request) -> Response:
     deps, caller = await _caller(request, budget=False)
+    raw_id = request.path_params["item_id"]
     async with deps.sessions.begin() as session:
-        item = await _item(session, caller, request.path_params["item_id"])
-        await forget.forget_items(session, caller.workspace_id, [item.id])
-    return _json({"id": str(item.id), "object": "memory.item.deleted", "deleted": True})
+        if not await items.forget_item(session, caller.workspace_id, raw_id):
+            raise NotFound(f"no memory item {raw_id!r}", param="item_id", code="not_found")
+    return _json(
+        {"id": str(items.parse_id(raw_id)), "object": "memory.item.deleted", "deleted": True}
+    )
 
 
 async def list_threads(request: Request) -> Response:
     deps, caller = await _caller(request)
     limit = _int(request.query_params.get("limit", "20"), "limit", 1, 100)
     after = request.query_params.get("after")
-    ws = uuid.UUID(caller.workspace_id)
-    query = select(Thread).where(Thread.workspace_id == ws)
     user = request.query_params.get("user")
-    if user:
-        query = query.where(Thread.end_user == user)
     async with deps.sessions() as session:
-        if after:
-            cursor = await session.get(Thread, (ws, after))
-            if cursor is None:
-                raise BadRequest("after is not a thread of this workspace", param="after")
-            query = query.where(
-                (Thread.updated_at < cursor.updated_at)
-                | ((Thread.updated_at == cursor.updated_at) & (Thread.id < cursor.id))
-            )
-        rows = list(
-            await session.scalars(
-                query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(limit + 1)
-            )
+        page = await items.list_threads(
+            session, caller.workspace_id, user=user, limit=limit, after=after
         )
-    page = rows[:limit]
+    if page is None:
+        raise BadRequest("after is not a thread of this workspace", param="after")
+    threads = page.threads
     return _json(
         {
             "object": "list",
-            "data": [_thread_json(t) for t in page],
-            "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None,
-            "has_more": len(rows) > limit,
+            "data": [items.thread_json(t) for t in threads],
+            "first_id": threads[0].id if threads else None,
+            "last_id": threads[-1].id if threads else None,
+            "has_more": page.has_more,
         }
     )
 
@@ -287,23 +278,10 @@ async def list_threads(request: Request) -> Response:
 async def get_thread(request: Request) -> Response:
     deps, caller = await _caller(request)
     thread_id = request.path_params["thread_id"]
-    ws = uuid.UUID(caller.workspace_id)
     async with deps.sessions() as session:
-        thread = await session.get(Thread, (ws, thread_id))
-        if thread is None:
-            raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
-        items = list(
-            await session.scalars(
-                select(MemoryItem)
-                .where(MemoryItem.workspace_id == ws, MemoryItem.thread_id == thread_id)
-                .order_by(MemoryItem.position.asc().nulls_last(), MemoryItem.created_at)
-            )
-        )
-    summary = next((i for i in reversed(items) if i.kind == "summary"), None)
-    body = _thread_json(thread)
-    body["messages"] = [_item_json(i) for i in items if i.kind == "message"]
-    body["notes"] = [_item_json(i) for i in items if i.kind in ("note", "fact")]
-    body["summary"] = _item_json(summary) if summary else None
+        body = await items.get_thread(session, caller.workspace_id, thread_id)
+    if body is None:
+        raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
     return _json(body)
 
 
@@ -311,10 +289,9 @@ async def delete_thread(request: Request) -> Response:
     deps, caller = await _caller(request, budget=False)
     thread_id = request.path_params["thread_id"]
     async with deps.sessions.begin() as session:
-        exists = await session.get(Thread, (uuid.UUID(caller.workspace_id), thread_id))
-        if exists is None:
-            raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
-        deleted = await forget.forget_where(session, caller.workspace_id, thread_id=thread_id)
+        deleted = await items.forget_thread(session, caller.workspace_id, thread_id)
+    if deleted is None:
+        raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
     return _json(
         {"id": thread_id, "object": "memory.thread.deleted", "deleted": True, "items": deleted}
     )
@@ -324,7 +301,7 @@ async def delete_user(request: Request) -> Response:
     deps, caller = await _caller(request, budget=False)
     user = request.path_params["user"]
     async with deps.sessions.begin() as session:
-        deleted = await forget.forget_where(session, caller.workspace_id, end_user=user)
+        deleted = await items.forget_user(session, caller.workspace_id, user)
     return _json({"user": user, "object": "memory.user.deleted", "deleted": True, "items": deleted})
 
 
@@ -338,7 +315,7 @@ async def get_injection(request: Request) -> Response:
             raise NotFound(
                 f"no memory record for request {request_id!r}", param="request_id", code="not_found"
             )
-        items = {
+        found = {
             i.id: i
             for i in await session.scalars(
                 select(MemoryItem).where(
@@ -355,8 +332,8 @@ async def get_injection(request: Request) -> Response:
             "created_at": int(row.created_at.timestamp()),
             "detail": row.detail,
             "items": [
-                _item_json(items[i])
-                if i in items
+                items.item_json(found[i])
+                if i in found
                 else {"id": str(i), "object": "memory.item", "deleted": True}
                 for i in row.item_ids
             ],
@@ -365,50 +342,10 @@ async def get_injection(request: Request) -> Response:
 
 
 async def _item(session: AsyncSession, caller: Caller, raw_id: str) -> MemoryItem:
-    try:
-        item_id = uuid.UUID(raw_id)
-    except ValueError:
-        item_id = None
-    item = None
-    if item_id is not None:
-        item = await session.scalar(
-            select(MemoryItem).where(
-                MemoryItem.id == item_id, MemoryItem.workspace_id == uuid.UUID(caller.workspace_id)
-            )
-        )
+    item = await items.get_item(session, caller.workspace_id, raw_id)
     if item is None:
         raise NotFound(f"no memory item {raw_id!r}", param="item_id", code="not_found")
     return item
-
-
-def _item_json(item: MemoryItem) -> dict[str, Any]:
-    return {
-        "id": str(item.id),
-        "object": "memory.item",
-        "kind": item.kind,
-        "role": item.role,
-        "thread_id": item.thread_id,
-        "user": item.end_user,
-        "position": item.position,
-        "content": item.content,
-        "metadata": item.meta or {},
-        "token_count": item.token_count,
-        "created_at": int(item.created_at.timestamp()),
-        "embedded": item.embedding is not None,
-        "source_ids": [str(s) for s in item.source_ids] if item.source_ids else None,
-    }
-
-
-def _thread_json(thread: Thread) -> dict[str, Any]:
-    return {
-        "id": thread.id,
-        "object": "memory.thread",
-        "user": thread.end_user,
-        "message_count": thread.next_position,
-        "token_count": thread.token_count,
-        "created_at": int(thread.created_at.timestamp()),
-        "updated_at": int(thread.updated_at.timestamp()),
-    }
 
 
 def _int(raw: str, name: str, low: int, high: int) -> int:

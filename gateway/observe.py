@@ -29,6 +29,7 @@ _ROUTES = (
     ("/v1/models", "models"),
     ("/v1/memory/", "memory"),
     ("/v1/usage", "usage"),
+    ("/mcp", "mcp"),
     ("/admin/", "admin"),
     ("/healthz", "health"),
     ("/readyz", "health"),

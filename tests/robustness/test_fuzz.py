@@ -926,3 +926,59 @@ def test_admin_values_out_of_range_are_400(
     assert_clean(response)
     assert 400 <= response.status_code < 500, describe(response)
     assert store_counts(services) == before
+
+
+# --- the MCP endpoint: JSON-RPC bodies, tool calls with random arguments ---
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_READ_TOOLS = ["search_memory", "list_threads", "get_thread", "no_such_tool"]
+
+
+def test_mcp_bodies_and_tool_arguments_never_5xx(
+    raw: httpx.Client, services: Services, seeded: Tenant, statuses: Counter[int]
+) -> None:
+    before, tried = store_counts(services, seeded.name), 0
+    headers = {
+        **bearer(seeded.key),
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+
+    @fuzz(120)
+    @given(
+        shape=st.sampled_from(["call", "rpc", "bytes"]),
+        tool=st.sampled_from(_READ_TOOLS),
+        arguments=_JSON,
+        method=st.text(max_size=20),
+        blob=st.binary(max_size=200),
+    )
+    def run(shape: str, tool: str, arguments: Any, method: str, blob: bytes) -> None:
+        nonlocal tried
+        tried += 1
+        if shape == "bytes":
+            content = blob
+        else:
+            params = {"name": tool, "arguments": arguments} if shape == "call" else arguments
+            rpc = {
+                "jsonrpc": "2.0",
+                "id": tried,
+                "method": "tools/call" if shape == "call" else method,
+            }
+            content = json.dumps({**rpc, "params": params}).encode()  # big ints too
+        response = raw.post("/mcp", content=content, headers=headers)
+        assert response.status_code < 500, describe(response)
+        if response.status_code < 400 and response.content:
+            body = orjson.loads(response.content)  # JSON-RPC: a result or an error, never a crash
+            assert "result" in body or "error" in body, describe(response)
+
+    try:
+        run()
+    finally:
+        record("mcp bodies and read-only tool arguments", tried, statuses)
+    assert store_counts(services, seeded.name) == before

@@ -1,0 +1,1 @@
+"""Workspace memory as MCP tools, served at ``/mcp`` (Streamable HTTP, stateless)."""
