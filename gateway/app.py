@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/memory/users/{user:path}", memory_api.delete_user, methods=["DELETE"]),
         Route("/v1/memory/requests/{request_id}", memory_api.get_injection, methods=["GET"]),
         Route("/v1/usage", usage.usage_endpoint, methods=["GET"]),
-        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
+        Route("/mcp", mcp, methods=["POST"]),  # stateless: no GET stream, no session to DELETE
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),

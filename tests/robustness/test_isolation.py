@@ -35,7 +35,7 @@ def routes() -> list[tuple[str, str]]:
     """(method, path template) of every route of the app, HEAD aside (it mirrors GET)."""
     app = create_app(Settings()).app  # type: ignore[attr-defined]
     found = [(m, r.path) for r in app.routes for m in sorted(r.methods or ()) if m != "HEAD"]
-    public = {path for _, path in found if not path.startswith(("/v1/", "/admin/"))}
+    public = {path for _, path in found if not path.startswith(("/v1/", "/admin/", "/mcp"))}
     assert public == PUBLIC, f"a new public route needs a decision here: {public - PUBLIC}"
     return [(m, p) for m, p in found if p not in PUBLIC]
 
@@ -144,6 +144,12 @@ def body_for(method: str, template: str, owner: Owner, other_secret: str) -> byt
         "/admin/keys": {"workspace": owner.tenant.name},
         "/admin/workspaces/{name}": {"settings": {"memory": "off"}},
         "/admin/keys/{key_id}": {"rpm_limit": 1},
+        "/mcp": {  # the MCP tools search the same memory: the owner's must stay out
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "search_memory", "arguments": {"query": "launch code tangerine"}},
+        },
     }
     return orjson.dumps(bodies.get(template, {}))
 
@@ -185,7 +191,11 @@ def call(
     http: httpx.Client, method: str, template: str, owner: Owner, key: str | None, other_secret: str
 ) -> httpx.Response:
     url = owner.url(template)
-    headers = {"Content-Type": "application/json", **(bearer(key) if key else {})}
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",  # what MCP clients send; JSON for the rest
+        **(bearer(key) if key else {}),
+    }
     body = body_for(method, template, owner, other_secret)
     return http.request(method, url, content=body, headers=headers, params=QUERIES.get(template))
 
