@@ -21,6 +21,7 @@ from gateway import admin, deps, embeddings, health, memory_api, metrics, models
 from gateway.chat import chat_completions
 from gateway.errors import GatewayError, error_body, json_error
 from gateway.mcp.server import Endpoint as McpEndpoint
+from gateway.messages import messages
 from gateway.observe import Observe
 from gateway.settings import Settings
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> Starlette:
     mcp = McpEndpoint()
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),

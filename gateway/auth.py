@@ -91,8 +91,10 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: Request, keys: KeyCache) -> Caller:
-    record = await keys.resolve(bearer(request))
+async def authenticate(request: Request, keys: KeyCache, secret: str | None = None) -> Caller:
+    """The caller of a workspace key: ``secret`` when the surface found it elsewhere (Anthropic's
+    ``x-api-key``), else the ``Authorization: Bearer`` header."""
+    record = await keys.resolve(secret or bearer(request))
     if record is None:
         raise Unauthorized("invalid API key", code="invalid_api_key")
     if record.revoked:

@@ -1,14 +1,18 @@
-"""``POST /v1/chat/completions``: the pipeline, top to bottom.
+"""``POST /v1/chat/completions`` and the pipeline every chat-shaped surface runs, top to bottom.
 
-auth → parse → route → budget and rate limits → plan memory (thread, user, mode) →
-recall + inject + fit → forward (retries, fallbacks) → relay (JSON or SSE) → finish: remember
-the turn (committed before the response ends) and account tokens and cost.
+1 auth → 2 parse → 3 caps and route → 4 budget and rate limits → 5 plan memory (thread, user,
+mode) → 6 recall + inject + fit → 7 forward (retries, fallbacks) → 8 relay (JSON or SSE) →
+9 finish: remember the turn (committed before the response ends) and account tokens and cost.
+Stages 1-2 are each surface's own (``chat_completions`` here, ``gateway/messages.py`` for
+Anthropic's Messages); ``complete`` runs 3-9 for all of them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +54,34 @@ async def chat_completions(request: Request) -> Response:
     obs.workspace, obs.key_id = caller.workspace, caller.key_id
     raw = await read_body(request, deps.settings.max_body_bytes)
     chat = await offload(len(raw), ChatRequest.parse, raw)  # 8 MiB of JSON: ~20 ms of parsing
+    done = await complete(request, deps, caller, chat, started)
+    if done.stream is not None:
+        return EventStream(done.stream, done.status, done.headers)
+    return Response(done.body, done.status, done.headers, media_type="application/json")
+
+
+@dataclass
+class Completion:
+    """What the pipeline produced: a relayed SSE stream, or the whole JSON body (and parsed)."""
+
+    status: int
+    headers: dict[str, str]
+    stream: AsyncIterator[bytes] | None = None
+    body: bytes = b""
+    parsed: Any = None
+
+
+async def complete(
+    request: Request, deps: Deps, caller: Caller, chat: ChatRequest, started: float,
+    *, route_label: str = "chat",
+) -> Completion:  # fmt: skip
+    """Stages 3-9 for any surface that speaks (or translates to) chat completions.
+
+    caps → route → budget and limits → plan memory → recall + inject + fit → forward → relay
+    (JSON or SSE) → finish: remember the turn and account it under ``route_label``. Chat
+    completions, and the Messages surface after translating its request, both call this.
+    """
+    obs = observation(request)
     chat.check_caps(*caps_for(caller, deps.settings))
     route = deps.router.route(chat.model)
     deps.catalog.check(route[0])
@@ -71,22 +103,21 @@ async def chat_completions(request: Request) -> Response:
     upstream = await deps.providers.send("/chat/completions", forwarded, route)
     obs.provider, obs.attempts = upstream.target.provider.name, upstream.attempts
     obs.fallback = upstream.target is not route[0]
-    turn = Turn(deps, caller, plan, chat, recalled, admission, upstream, obs)
+    turn = Turn(deps, caller, plan, chat, recalled, admission, upstream, obs, route_label)
     headers = {"X-CMG-Provider": upstream.target.provider.name, **admission.headers()}
     if recalled is not None:
         headers.update(recalled.headers(plan.scope.thread_id))
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        return EventStream(
-            relay(upstream, StreamTap(), turn.finish_stream), upstream.response.status, headers
-        )
+        stream = relay(upstream, StreamTap(), turn.finish_stream)
+        return Completion(upstream.response.status, headers, stream=stream)
     body, parsed = await read_json(upstream)
     await turn.finish(
         _first_message(parsed), parsed.get("usage") if isinstance(parsed, dict) else None
     )
     headers["X-Gateway-Overhead-Ms"] = _ms(time.perf_counter() - started - (obs.upstream_s or 0.0))
-    return Response(body, upstream.response.status, headers, media_type="application/json")
+    return Completion(upstream.response.status, headers, body=body, parsed=parsed)
 
 
 def caps_for(caller: Caller, settings: Settings) -> tuple[int, int]:
@@ -131,9 +162,11 @@ class Turn:
     def __init__(
         self, deps: Deps, caller: Caller, plan: threads.Plan, chat: ChatRequest,
         recalled: Recalled | None, admission: Admission, upstream: Upstream, obs: Observation,
+        route_label: str = "chat",
     ) -> None:  # fmt: skip
         self.deps, self.caller, self.plan, self.chat = deps, caller, plan, chat
         self.recalled, self.admission, self.upstream, self.obs = recalled, admission, upstream, obs
+        self.route_label = route_label
 
     async def finish_stream(self, tap: StreamTap) -> None:
         await self.finish(answer(tap), tap.usage, errored=tap.error is not None)
@@ -185,7 +218,7 @@ class Turn:
                 prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
                 estimated=estimated, cost_usd=cost,
                 latency_ms=(self.obs.upstream_s or 0.0) * 1000, at=datetime.now(UTC),
-                memory_tokens=memory, memory_cost_usd=memory_cost,
+                memory_tokens=memory, memory_cost_usd=memory_cost, route=self.route_label,
             )
         )  # fmt: skip
         metrics.child(metrics.TOKENS, label, "prompt").inc(prompt)

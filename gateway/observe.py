@@ -25,6 +25,7 @@ from gateway import metrics
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ROUTES = (
     ("/v1/chat/completions", "chat"),
+    ("/v1/messages", "messages"),
     ("/v1/embeddings", "embeddings"),
     ("/v1/models", "models"),
     ("/v1/memory/", "memory"),

@@ -139,6 +139,11 @@ def body_for(method: str, template: str, owner: Owner, other_secret: str) -> byt
             "messages": [{"role": "user", "content": f"{other_secret} what is the launch code?"}],
         },
         "/v1/embeddings": {"model": "alt/embed", "input": "launch code"},
+        "/v1/messages": {
+            "model": "mock/gpt",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": f"{other_secret} what is the launch code?"}],
+        },
         "/v1/memory/items": {"items": [{"content": f"{other_secret} note"}]},
         "/admin/workspaces": {"name": f"matrix-{uuid.uuid4().hex[:10]}"},
         "/admin/keys": {"workspace": owner.tenant.name},
@@ -200,10 +205,28 @@ def call(
     return http.request(method, url, content=body, headers=headers, params=QUERIES.get(template))
 
 
+# Anthropic's Messages route answers in Anthropic's error shape (no code: the type says it)
+ANTHROPIC = {"/v1/messages"}
+ANTHROPIC_TYPES = {401: "authentication_error", 404: "not_found_error"}
+
+
 def problems(
-    response: httpx.Response, status: int | None, code: str | None, forbidden: list[str]
+    response: httpx.Response,
+    status: int | None,
+    code: str | None,
+    forbidden: list[str],
+    template: str = "",
 ) -> list[str]:
     found = []
+    if template in ANTHROPIC and response.status_code >= 400:
+        body = response.json()
+        kind = body.get("error", {}).get("type") if body.get("type") == "error" else None
+        if kind != ANTHROPIC_TYPES.get(response.status_code, kind) or kind is None:
+            found.append(f"not Anthropic's error shape: {response.text[:200]}")
+        code = None
+        response = httpx.Response(response.status_code, headers=response.headers, json={
+            "error": {"message": body.get("error", {}).get("message", ""), "type": kind,
+                      "param": None, "code": None}})  # fmt: skip
     if response.status_code >= 500 or (status is not None and response.status_code != status):
         found.append(f"status {response.status_code}, expected {status}")
     if not response.headers.get("content-type", "").startswith("application/json"):
@@ -238,7 +261,7 @@ def test_wrong_callers_get_401_on_every_endpoint(
         tried += 1
         response = call(http, method, template, owner, key_for(cell, owner), "nobody")
         forbidden = forbidden_text(owner, owner.url(template))
-        found = problems(response, status, admin_code if admin else v1_code, forbidden)
+        found = problems(response, status, admin_code if admin else v1_code, forbidden, template)
         failures += [f"{method} {template}: {p}" for p in found]
     record(f"isolation: {cell}", tried)
     assert not failures, "\n".join(failures)
@@ -258,7 +281,7 @@ def test_another_workspace_never_sees_or_touches_the_owners_memory(
         response = call(http, method, template, owner, other.key, other_secret)
         status = 404 if params & PER_RESOURCE else None
         code = "not_found" if status == 404 else None
-        found = problems(response, status, code, forbidden_text(owner, url))
+        found = problems(response, status, code, forbidden_text(owner, url), template)
         if template == "/v1/memory/users/{user:path}" and response.status_code == 200:
             if response.json().get("items") != 0:
                 found.append(f"deleted the owner's items: {response.text[:200]}")
