@@ -17,12 +17,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, deps, embeddings, health, memory_api, metrics, models, usage
-from gateway.chat import chat_completions
+from gateway import deps
 from gateway.errors import GatewayError, error_body, json_error
 from gateway.mcp.server import Endpoint as McpEndpoint
-from gateway.messages import messages
 from gateway.observe import Observe
+from gateway.routes import labels, table
 from gateway.settings import Settings
 
 log = logging.getLogger("cmg.app")
@@ -36,45 +35,16 @@ def create_app(settings: Settings) -> Starlette:
             yield {"deps": built}
 
     mcp = McpEndpoint()
-    routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
-        Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
-        Route("/v1/models", models.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
-        Route("/v1/memory/items", memory_api.add_items, methods=["POST"]),
-        Route("/v1/memory/items/{item_id}", memory_api.get_item, methods=["GET"]),
-        Route("/v1/memory/items/{item_id}", memory_api.delete_item, methods=["DELETE"]),
-        Route("/v1/memory/search", memory_api.search, methods=["GET"]),
-        Route("/v1/memory/threads", memory_api.list_threads, methods=["GET"]),
-        Route("/v1/memory/threads/{thread_id:path}", memory_api.get_thread, methods=["GET"]),
-        Route("/v1/memory/threads/{thread_id:path}", memory_api.delete_thread, methods=["DELETE"]),
-        Route("/v1/memory/users/{user:path}", memory_api.delete_user, methods=["DELETE"]),
-        Route("/v1/memory/requests/{request_id}", memory_api.get_injection, methods=["GET"]),
-        Route("/v1/usage", usage.usage_endpoint, methods=["GET"]),
-        Route("/mcp", mcp, methods=["POST"]),  # stateless: no GET stream, no session to DELETE
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/admin/workspaces", admin.list_workspaces, methods=["GET"]),
-        Route("/admin/workspaces", admin.create_workspace, methods=["POST"]),
-        Route("/admin/workspaces/{name}", admin.update_workspace, methods=["PATCH"]),
-        Route("/admin/usage", admin.usage, methods=["GET"]),
-        Route("/admin/health", admin.health, methods=["GET"]),
-        Route("/admin/keys", admin.list_keys, methods=["GET"]),
-        Route("/admin/keys", admin.create_key, methods=["POST"]),
-        Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
-        Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
-        Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
-    ]
+    rows = table(mcp)
+    routes = [Route(row.path, row.endpoint, methods=list(row.methods)) for row in rows]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=dict(_HANDLERS),
     )
     app.router.redirect_slashes = False  # a stray slash is a JSON 404, not a redirect
-    hot = Direct(app, {("POST", "/v1/chat/completions"): chat_completions})
-    return Observe(hot)  # type: ignore[return-value]
+    direct = {(row.methods[0], row.path): row.endpoint for row in rows if row.direct}
+    return Observe(Direct(app, direct), labels(rows))  # type: ignore[return-value]
 
 
 class Direct:

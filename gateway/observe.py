@@ -23,19 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_ROUTES = (
-    ("/v1/chat/completions", "chat"),
-    ("/v1/messages", "messages"),
-    ("/v1/embeddings", "embeddings"),
-    ("/v1/models", "models"),
-    ("/v1/memory/", "memory"),
-    ("/v1/usage", "usage"),
-    ("/mcp", "mcp"),
-    ("/admin/", "admin"),
-    ("/healthz", "health"),
-    ("/readyz", "health"),
-    ("/metrics", "metrics"),
-)
 access_log = logging.getLogger("cmg.access")
 
 
@@ -68,8 +55,9 @@ def observation(request: Request) -> Observation:
 
 
 class Observe:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, labels: tuple[tuple[str, str], ...] = ()) -> None:
         self.app = app
+        self.labels = labels  # (path prefix, route label), longest first: routes.labels()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,7 +67,7 @@ class Observe:
         if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
             await _reject_nul(send)
             return
-        obs = Observation(_request_id(scope), _route(scope["path"]))
+        obs = Observation(_request_id(scope), _route(scope["path"], self.labels))
         scope.setdefault("state", {})["obs"] = obs
         scope["state"]["request_id"] = obs.request_id
         header = (b"x-request-id", obs.request_id.encode())
@@ -185,8 +173,8 @@ def _request_id(scope: Scope) -> str:
     return os.urandom(16).hex()
 
 
-def _route(path: str) -> str:
-    for prefix, name in _ROUTES:
+def _route(path: str, labels: tuple[tuple[str, str], ...]) -> str:
+    for prefix, name in labels:
         if path.startswith(prefix):
             return name
     return "other"

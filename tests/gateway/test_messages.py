@@ -13,7 +13,8 @@ import anthropic
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Gateway, Tenant
+from tests.conftest import Gateway, Services, Tenant, make_tenant
+from tests.gateway.test_auth import admin
 from tests.memory.test_chat_memory import sent_memory, wait_embedded
 from tests.mock_upstream import MockUpstream, Reply
 
@@ -201,3 +202,16 @@ def test_upstream_errors_keep_their_status_in_anthropic_shape(
     assert info.value.response.headers["retry-after"] == "30"
     body = info.value.response.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+
+
+def test_a_key_at_rpm_2_gets_an_anthropic_429(
+    gateway: Gateway, http: httpx.Client, services: Services
+) -> None:
+    tenant = make_tenant(services)
+    assert admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 2}).is_success
+    body = {"model": "mock/gpt", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": tenant.key, "X-Memory": "off"}
+    answers = [http.post("/v1/messages", json=body, headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
+    assert int(answers[2].headers["retry-after"]) >= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from gateway import routes
 from gateway.settings import Settings
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant
 from tests.mock_upstream import MockUpstream
@@ -444,6 +446,13 @@ PATH_ROUTES: list[tuple[str, str, bool, bytes | None]] = [
     ("DELETE", "/admin/keys/{}", True, None),
     ("PATCH", "/admin/keys/{}", True, b'{"rpm_limit": null}'),
 ]
+
+
+def test_path_routes_cover_every_route_with_a_path_parameter() -> None:
+    """Adding a route to gateway/routes.py with a path parameter must add it here too."""
+    table = {(m, row.path) for row in routes.table(None) for m in row.methods if "{" in row.path}
+    listed = {(method, template) for method, template, _, _ in PATH_ROUTES}
+    assert {(m, re.sub(r"\{[^}]+\}", "{}", p)) for m, p in table} == listed
 
 
 @pytest.fixture
