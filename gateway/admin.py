@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import workspaces
 from gateway.auth import bearer
 from gateway.deps import Deps
-from gateway.errors import BadRequest, Forbidden, Unauthorized
+from gateway.errors import BadRequest, Forbidden, Unauthorized, json_response
 from gateway.protocol import parse_object, read_body
 
 
@@ -30,10 +29,6 @@ async def _body(request: Request, deps: Deps) -> dict[str, Any]:
     return parse_object(await read_body(request, deps.settings.max_body_bytes))
 
 
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
-
-
 def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str:
     value = body.get(name, None if required else "")
     if not isinstance(value, str) or (required and not value.strip()):
@@ -46,7 +41,7 @@ async def list_workspaces(request: Request) -> Response:
     async with deps.sessions() as session:
         rows = await workspaces.list_workspaces(session)
     data = [_workspace_json(w) for w in rows]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 async def create_workspace(request: Request) -> Response:
@@ -54,7 +49,7 @@ async def create_workspace(request: Request) -> Response:
     body = await _body(request, deps)
     async with deps.sessions.begin() as session:
         workspace = await workspaces.create_workspace(session, _string(body, "name"))
-    return _json(_workspace_json(workspace), 201)
+    return json_response(_workspace_json(workspace), 201)
 
 
 async def update_workspace(request: Request) -> Response:
@@ -66,7 +61,7 @@ async def update_workspace(request: Request) -> Response:
     async with deps.sessions.begin() as session:
         workspace = await workspaces.update_settings(session, request.path_params["name"], settings)
     deps.keys.forget()  # cached callers carry the old settings
-    return _json(_workspace_json(workspace))
+    return json_response(_workspace_json(workspace))
 
 
 def _workspace_json(workspace: Any) -> dict[str, Any]:
@@ -82,7 +77,7 @@ async def list_keys(request: Request) -> Response:
     deps = _admin(request)
     async with deps.sessions() as session:
         keys = await workspaces.list_keys(session, request.query_params.get("workspace"))
-    return _json({"object": "list", "data": [k.as_json() for k in keys]})
+    return json_response({"object": "list", "data": [k.as_json() for k in keys]})
 
 
 async def create_key(request: Request) -> Response:
@@ -100,7 +95,7 @@ async def create_key(request: Request) -> Response:
             rpm_limit=body.get("rpm_limit"),
             tpm_limit=body.get("tpm_limit"),
         )
-    return _json({**info.as_json(), "key": secret}, 201)
+    return json_response({**info.as_json(), "key": secret}, 201)
 
 
 async def update_key(request: Request) -> Response:
@@ -115,7 +110,7 @@ async def update_key(request: Request) -> Response:
             tpm_limit=body.get("tpm_limit"),
         )
     deps.keys.forget()
-    return _json(info.as_json())
+    return json_response(info.as_json())
 
 
 async def revoke_key(request: Request) -> Response:
@@ -123,7 +118,7 @@ async def revoke_key(request: Request) -> Response:
     async with deps.sessions.begin() as session:
         info = await workspaces.revoke_key(session, request.path_params["key_id"])
     deps.keys.forget()
-    return _json(info.as_json())
+    return json_response(info.as_json())
 
 
 async def usage(request: Request) -> Response:
@@ -138,7 +133,7 @@ async def usage(request: Request) -> Response:
         data = await report(
             session, workspace_id=workspace_id, start=start, end=end, group_by=group_by
         )
-    return _json({"object": "list", "workspace": name, "start": str(start), "end": str(end),
+    return json_response({"object": "list", "workspace": name, "start": str(start), "end": str(end),
                   "group_by": ",".join(group_by), "data": data})  # fmt: skip
 
 
@@ -147,4 +142,4 @@ async def health(request: Request) -> Response:
     from gateway.health import checks
 
     deps = _admin(request)
-    return _json(await checks(deps, detailed=True))
+    return json_response(await checks(deps, detailed=True))

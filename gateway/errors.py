@@ -121,6 +121,13 @@ def error_body(message: str, type: str, param: str | None, code: str | None) -> 
 def json_error(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response:
+    return json_response(body, status, headers)
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer (orjson), for every handler of the gateway."""
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 

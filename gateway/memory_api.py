@@ -21,7 +21,7 @@ from starlette.responses import Response
 from gateway.admission import admit
 from gateway.auth import Caller, authenticate
 from gateway.deps import Deps
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, json_response
 from gateway.protocol import ROLES, read_body
 from gateway.threads import THREAD_ID
 from memory import items, store
@@ -32,10 +32,6 @@ _KINDS = ("note", "fact", "message")
 _MAX_BATCH = 1000
 # How far ahead of this server's clock a client's created_at may be (clock skew, not the future).
 _FUTURE_SKEW = timedelta(minutes=5)
-
-
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
 
 
 async def _caller(request: Request, *, budget: bool = True) -> tuple[Deps, Caller]:
@@ -59,14 +55,14 @@ async def add_items(request: Request) -> Response:
     if wait:
         pending = await _wait_embedded(deps, caller, ids, wait)
         if not pending:
-            return _json({"object": "list", "data": data, "searchable": True}, 200)
+            return json_response({"object": "list", "data": data, "searchable": True}, 200)
         message = (
             f"stored; {pending} of {len(ids)} items were not embedded within {wait:g} s "
             "(they become searchable when the workers catch up)"
         )
         late = {"searchable": False, "pending": pending, "message": message}
-        return _json({"object": "list", "data": data, **late}, 202)
-    return _json({"object": "list", "data": data, "searchable": False}, 201)
+        return json_response({"object": "list", "data": data, **late}, 202)
+    return json_response({"object": "list", "data": data, "searchable": False}, 201)
 
 
 def _items_body(raw: bytes) -> list[Any]:
@@ -231,14 +227,14 @@ async def search(request: Request) -> Response:
     hits = await deps.memory.search(
         filters, query[:4000].replace("\x00", ""), k, legs=legs[mode], explain=explain
     )
-    return _json({"object": "list", "data": [h.as_json() for h in hits]})
+    return json_response({"object": "list", "data": [h.as_json() for h in hits]})
 
 
 async def get_item(request: Request) -> Response:
     deps, caller = await _caller(request)
     async with deps.sessions() as session:
         item = await _item(session, caller, request.path_params["item_id"])
-    return _json(items.item_json(item))
+    return json_response(items.item_json(item))
 
 
 async def delete_item(request: Request) -> Response:
@@ -247,7 +243,7 @@ async def delete_item(request: Request) -> Response:
     async with deps.sessions.begin() as session:
         if not await items.forget_item(session, caller.workspace_id, raw_id):
             raise NotFound(f"no memory item {raw_id!r}", param="item_id", code="not_found")
-    return _json(
+    return json_response(
         {"id": str(items.parse_id(raw_id)), "object": "memory.item.deleted", "deleted": True}
     )
 
@@ -264,7 +260,7 @@ async def list_threads(request: Request) -> Response:
     if page is None:
         raise BadRequest("after is not a thread of this workspace", param="after")
     threads = page.threads
-    return _json(
+    return json_response(
         {
             "object": "list",
             "data": [items.thread_json(t) for t in threads],
@@ -282,7 +278,7 @@ async def get_thread(request: Request) -> Response:
         body = await items.get_thread(session, caller.workspace_id, thread_id)
     if body is None:
         raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
-    return _json(body)
+    return json_response(body)
 
 
 async def delete_thread(request: Request) -> Response:
@@ -292,7 +288,7 @@ async def delete_thread(request: Request) -> Response:
         deleted = await items.forget_thread(session, caller.workspace_id, thread_id)
     if deleted is None:
         raise NotFound(f"no thread {thread_id!r}", param="thread_id", code="not_found")
-    return _json(
+    return json_response(
         {"id": thread_id, "object": "memory.thread.deleted", "deleted": True, "items": deleted}
     )
 
@@ -302,7 +298,9 @@ async def delete_user(request: Request) -> Response:
     user = request.path_params["user"]
     async with deps.sessions.begin() as session:
         deleted = await items.forget_user(session, caller.workspace_id, user)
-    return _json({"user": user, "object": "memory.user.deleted", "deleted": True, "items": deleted})
+    return json_response(
+        {"user": user, "object": "memory.user.deleted", "deleted": True, "items": deleted}
+    )
 
 
 async def get_injection(request: Request) -> Response:
@@ -323,7 +321,7 @@ async def get_injection(request: Request) -> Response:
                 )
             )
         }
-    return _json(
+    return json_response(
         {
             "object": "memory.injection",
             "request_id": row.request_id,

@@ -27,6 +27,7 @@ from memory.redact import redact
 from memory.store import content_hash
 from memory.tokens import count_text
 from workers.embedding import COUNT_TERMS, as_text
+from workers.llm import ChatBody
 
 PROMPT = (
     "You maintain a list of durable facts about a user (identity, relationships, preferences, "
@@ -45,17 +46,6 @@ class _Source:
     ids: list[uuid.UUID]
     end_user: str | None
     lines: list[str]
-
-
-@dataclass(frozen=True)
-class _Chat:
-    body: dict[str, Any]
-
-    def with_model(self, model: str) -> _Chat:
-        return _Chat({**self.body, "model": model})
-
-    def payload(self) -> bytes:
-        return orjson.dumps(self.body)
 
 
 def extract(
@@ -143,7 +133,7 @@ async def _ask(
 ) -> list[tuple[str, list[int]]]:
     route = Router(provider_config.load(settings)).route(settings.summary_model)
     listing = "\n".join(f"{n}. {fact}" for n, fact in enumerate(current, 1)) or "(none)"
-    chat = _Chat(
+    chat = ChatBody(
         {
             "model": route[0].served,
             "messages": [

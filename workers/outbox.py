@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -64,13 +64,6 @@ class Enqueue:
     queue: str
     job: str
     kwargs: dict[str, Any]
-
-
-class _Row(NamedTuple):
-    id: int
-    queue: str
-    job: str
-    args: dict[str, Any]
 
 
 def redis_client(url: str) -> Redis:

@@ -34,6 +34,7 @@ from memory.forget import DELETE_ITEMS_SQL, params
 from memory.schema import MemoryItem
 from memory.store import content_hash
 from memory.tokens import count_text
+from workers.llm import ChatBody
 from workers.outbox import EMBED, record
 
 log = logging.getLogger("cmg.summary")
@@ -205,19 +206,6 @@ def _chunks(messages: Sequence[Message]) -> list[list[Message]]:
 # --- the model ---
 
 
-@dataclass(frozen=True)
-class _Chat:
-    """A chat request as ``ProviderClient.send`` takes it."""
-
-    body: dict[str, Any]
-
-    def with_model(self, model: str) -> _Chat:
-        return _Chat({**self.body, "model": model})
-
-    def payload(self) -> bytes:
-        return orjson.dumps(self.body)
-
-
 async def _write_with_model(
     previous: str | None, chunks: list[list[Message]], settings: Settings
 ) -> str:
@@ -239,7 +227,7 @@ async def _ask(
 ) -> str:
     new = "\n".join(m.line() for m in chunk)
     prompt = f"Previous summary:\n{previous or '(none)'}\n\nNew messages:\n{new}"
-    chat = _Chat(
+    chat = ChatBody(
         {
             "model": route[0].served,
             "messages": [
