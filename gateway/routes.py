@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import admin, embeddings, health, memory_api, metrics, models, usage
+from gateway import admin, embeddings, health, memory_api, metrics, models, responses, usage
 from gateway.chat import chat_completions
 from gateway.messages import messages
 
@@ -41,6 +41,15 @@ def table(mcp: Any) -> list[Row]:
     return [
         Row(("POST",), "/v1/chat/completions", chat_completions, "chat", direct=True),
         Row(("POST",), "/v1/messages", messages, "messages"),
+        Row(("POST",), "/v1/responses", responses.create_response, "responses"),
+        Row(("GET",), "/v1/responses/{response_id}", responses.get_response, "responses"),
+        Row(("DELETE",), "/v1/responses/{response_id}", responses.delete_response, "responses"),
+        Row(
+            ("GET",),
+            "/v1/responses/{response_id}/input_items",
+            responses.list_input_items,
+            "responses",
+        ),
         Row(("POST",), "/v1/embeddings", embeddings.embeddings, "embeddings"),
         Row(("GET",), "/v1/models", models.list_models, "models"),
         Row(("GET",), "/v1/models/{model:path}", models.get_model, "models"),

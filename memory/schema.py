@@ -144,6 +144,21 @@ class Injection(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class StoredResponse(Base):
+    """A response of ``POST /v1/responses`` kept for retrieval and ``previous_response_id``."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    input_items: Mapped[list[Any]] = mapped_column(JSONB)
+    conversation: Mapped[list[Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class OutboxRow(Base):
     __tablename__ = "outbox"
 

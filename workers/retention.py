@@ -54,6 +54,10 @@ _OLD_INJECTIONS = text(
     "DELETE FROM injections WHERE workspace_id = :w "
     "AND created_at < now() - make_interval(days => :days)"
 )
+_OLD_RESPONSES = text(
+    "DELETE FROM responses WHERE workspace_id = :w "
+    "AND created_at < now() - make_interval(days => :days)"
+)
 _EMPTY_TERMS = text("DELETE FROM term_stats WHERE df <= 0")
 _OLD_OUTBOX = text("DELETE FROM outbox WHERE pushed_at < now() - make_interval(days => :days)")
 
@@ -89,4 +93,5 @@ def _purge_workspace(sessions: sessionmaker[Session], workspace_id: uuid.UUID, d
                 )  # fmt: skip
         session.execute(_EMPTY_THREADS, key)
         session.execute(_OLD_INJECTIONS, key)
+        session.execute(_OLD_RESPONSES, key)
     return deleted

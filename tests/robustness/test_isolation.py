@@ -55,6 +55,7 @@ class Owner:
     request_id: str
     revoked_key: str
     expired_key: str
+    response_id: str
 
     def path_value(self, name: str, template: str) -> str:
         values = {
@@ -62,6 +63,7 @@ class Owner:
             "thread_id": self.thread,
             "user": self.user,
             "request_id": self.request_id,
+            "response_id": self.response_id,
             "key_id": self.tenant.key_id,
             "name": self.tenant.name,
             "model": "mock/gpt",
@@ -110,6 +112,8 @@ def owner(gateway: Gateway, services: Services) -> Owner:
             headers={"X-Thread-Id": thread, "X-Request-Id": request_id},
         )  # fmt: skip
         assert chat.status_code == 200, chat.text
+        stored = http.post("/v1/responses", json={"model": "mock/gpt", "input": f"{secret} hi"})
+        assert stored.status_code == 200, stored.text
         revoke = http.post(f"/admin/keys/{revoked_id}/revoke", headers=bearer(MASTER_KEY))
         assert revoke.status_code == 200, revoke.text
     time.sleep(0.6)  # the expired key's half second is over
@@ -122,6 +126,7 @@ def owner(gateway: Gateway, services: Services) -> Owner:
         request_id,
         revoked_key,
         expired_key,
+        stored.json()["id"],
     )
 
 
@@ -139,6 +144,7 @@ def body_for(method: str, template: str, owner: Owner, other_secret: str) -> byt
             "messages": [{"role": "user", "content": f"{other_secret} what is the launch code?"}],
         },
         "/v1/embeddings": {"model": "alt/embed", "input": "launch code"},
+        "/v1/responses": {"model": "mock/gpt", "input": f"{other_secret} what is the launch code?"},
         "/v1/messages": {
             "model": "mock/gpt",
             "max_tokens": 16,
@@ -162,7 +168,7 @@ def body_for(method: str, template: str, owner: Owner, other_secret: str) -> byt
 QUERIES = {"/v1/memory/search": {"q": "launch code tangerine"}}
 
 # per-resource endpoints: another workspace naming the owner's id must get 404
-PER_RESOURCE = {"item_id", "thread_id", "request_id"}
+PER_RESOURCE = {"item_id", "thread_id", "request_id", "response_id"}
 
 # cell -> (which routes, expected status, expected code for /v1 routes, for /admin routes)
 CELLS = {
@@ -188,7 +194,8 @@ def key_for(cell: str, owner: Owner) -> str | None:
 
 def forbidden_text(owner: Owner, url: str) -> list[str]:
     """What must never appear in an answer to a wrong caller (ids it named itself aside)."""
-    ids = [owner.item_id, owner.thread, owner.user, owner.request_id, owner.tenant.key_id]
+    ids = [owner.item_id, owner.thread, owner.user, owner.request_id, owner.tenant.key_id,
+           owner.response_id]  # fmt: skip
     return [owner.secret, owner.tenant.key, owner.tenant.name] + [i for i in ids if i not in url]
 
 
@@ -302,6 +309,8 @@ def owner_keeps_everything(http: httpx.Client, owner: Owner) -> None:
     assert thread.status_code == 200 and len(thread.json()["messages"]) >= 2, thread.text
     injection = http.get(f"/v1/memory/requests/{owner.request_id}", headers=headers)
     assert injection.status_code == 200, injection.text
+    stored = http.get(f"/v1/responses/{owner.response_id}", headers=headers)
+    assert stored.status_code == 200 and stored.json()["id"] == owner.response_id, stored.text
 
 
 def test_another_workspace_reusing_the_owners_request_id_gets_its_answer(

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from memory.embedder import LocalMiniLM
-from memory.schema import CatalogModel, Injection, MemoryItem, Thread
+from memory.schema import CatalogModel, Injection, MemoryItem, StoredResponse, Thread
 from tests.conftest import Services
 from tests.mock_upstream import MockUpstream
 from tests.workers.conftest import (
@@ -69,6 +69,9 @@ def _retention_data(db: Engine, minilm: LocalMiniLM) -> Retention:
         )
         session.add(Injection(request_id=uuid.uuid4().hex, workspace_id=workspace,
                               item_ids=[note], tokens=5, created_at=old))  # fmt: skip
+        for resp_id, at in (("resp_old", old), ("resp_new", datetime.now(UTC))):
+            session.add(StoredResponse(id=resp_id, workspace_id=workspace, response={},
+                                       input_items=[], conversation=[], created_at=at))  # fmt: skip
     everything = [*gone_thread, *mixed_old, *mixed_new, summary, note, *untouched]
     assert embedding.embed(db, minilm, everything) == len(everything)
     assert term_stats(db, workspace)["zanzibar"] == 5
@@ -110,6 +113,8 @@ def test_retention_deletes_old_memory_its_term_counts_and_what_was_derived_from_
         assert session.get(Thread, (r.workspace, "old")) is None  # emptied thread deleted
         injections = select(Injection).where(Injection.workspace_id == r.workspace)
         assert session.scalars(injections).all() == []
+        stored = select(StoredResponse.id).where(StoredResponse.workspace_id == r.workspace)
+        assert session.scalars(stored).all() == ["resp_new"]  # stored responses age out too
         [resummary] = session.scalars(
             select(MemoryItem).where(
                 MemoryItem.workspace_id == r.workspace, MemoryItem.kind == "summary"
