@@ -14,6 +14,7 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core/ core/
 COPY gateway/ gateway/
 COPY memory/ memory/
 COPY workers/ workers/

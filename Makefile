@@ -21,11 +21,12 @@ test: venv
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff format --check gateway memory workers tests
-	$(BIN)/ruff check gateway memory workers tests
+	$(BIN)/ruff format --check core gateway memory workers bench tests
+	$(BIN)/ruff check core gateway memory workers bench tests
 
 check: lint
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: venv
 	$(BIN)/python -m bench.run

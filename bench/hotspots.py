@@ -83,7 +83,7 @@ def summarize(raw: Path, title: str, top: int = 15) -> str:
         own[frames[-1][0]] += n
         packages[frames[-1][1]] += n
         for name in {name for name, package in frames if package == "gateway"}:
-            if not name.endswith("(gateway/cli.py)"):
+            if not name.endswith("(gateway/ops/cli.py)"):
                 total_with_callees[name] += n
     if not samples:
         return f"#### {title} c=16: no samples"

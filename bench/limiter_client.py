@@ -4,7 +4,7 @@
 
 Both run the limiter's Lua script for two limits (key and workspace) against an embedded Redis,
 on uvloop like the gateway: ``Limiter.admit`` (then its headers and a reconciliation, as a
-request does) over ``gateway.scriptpipe``, and the same script through a redis-py pipeline
+request does) over ``gateway.services.scriptpipe``, and the same script through a redis-py pipeline
 holding the calls of one loop turn (what the limiter used before). Pin it (``taskset -c 1``)
 for figures comparable with the gateway's one core. Prints a table; loopback only.
 """
@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.processes import stop_on_signals
-from gateway import embedded
-from gateway.limits import _SCRIPT, Limit, Limiter
+from gateway.ops import local_services
+from gateway.services.limits import _SCRIPT, Limit, Limiter
 
 LIMITS = (Limit("key:bench", 10**9, 10**12), Limit("ws:bench", 10**9, 10**12))
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     stop_on_signals()  # SIGTERM unwinds too: the redis-server is stopped
     with tempfile.TemporaryDirectory(prefix="cmg-limiter-") as data:
-        server = embedded.start_redis(Path(data))
+        server = local_services.start_redis(Path(data))
         try:
             rows = uvloop.run(_run(server.url, args.conc, args.seconds))
         finally:

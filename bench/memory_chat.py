@@ -33,6 +33,7 @@ from bench import hotspots, synthetic_items, targets
 from bench.processes import (
     OutsideLoad,
     Service,
+    free_port,
     stop_on_signals,
     tree_cpu_seconds,
     wait_http,
@@ -111,7 +112,7 @@ def _gateway(
     notes: list[str],
 ) -> Iterator[tuple[str, str, int]]:  # fmt: skip
     """``targets.gateway``'s set-up, plus memory to recall in the bench workspace before start."""
-    from gateway import embedded
+    from gateway.ops import local_services
 
     data_dir = Path(tempfile.mkdtemp(prefix="cmg-bench-"))
     with contextlib.ExitStack() as stack:
@@ -121,11 +122,11 @@ def _gateway(
         if args.candidates:
             env["CMG_MEMORY_CANDIDATES"] = str(args.candidates)
             notes.append(f"gateway run with CMG_MEMORY_CANDIDATES={args.candidates}")
-        env["DATABASE_URL"] = embedded.start_postgres(data_dir).url
-        env["REDIS_URL"] = embedded.start_redis(data_dir).url
+        env["DATABASE_URL"] = local_services.start_postgres(data_dir).url
+        env["REDIS_URL"] = local_services.start_redis(data_dir).url
         key = targets._prepare(env, logs / "gateway-setup.log")
         notes.append(_seed(env["DATABASE_URL"], args.seed_items, texts))
-        port = targets.free_port()
+        port = free_port()
         argv: list[str | Path] = [
             targets._cmg(),
             "serve",

@@ -44,7 +44,7 @@ class Stack:
 
     def tenant(self, name: str) -> tuple[str, str]:
         """A new workspace and a key for it: (workspace id, key)."""
-        from gateway import workspaces
+        from gateway.services import workspaces
 
         async def work(session: Any) -> tuple[str, str]:
             workspace = await workspaces.create_workspace(session, name)
@@ -101,7 +101,7 @@ def memory_stack(
     logs: Path, *, upstream: str = "http://127.0.0.1:9/v1", keep: Path | None = None
 ) -> Iterator[Stack]:
     """The stack in a temp dir, or in ``keep`` (created or reused, and left in place)."""
-    from gateway import embedded
+    from gateway.ops import local_services
     from memory import migrate
 
     if threading.current_thread() is threading.main_thread():
@@ -112,9 +112,9 @@ def memory_stack(
     with contextlib.ExitStack() as cleanup:
         if keep is None:
             cleanup.callback(shutil.rmtree, data_dir, True)
-        pg = embedded.start_postgres(data_dir)
+        pg = local_services.start_postgres(data_dir)
         cleanup.callback(pg.stop)
-        rd = embedded.start_redis(data_dir)
+        rd = local_services.start_redis(data_dir)
         cleanup.callback(rd.stop)
         migrate.upgrade(pg.url)
         env = {k: v for k, v in os.environ.items() if not k.startswith(_GATEWAY_ENV_PREFIXES)}

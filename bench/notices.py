@@ -25,7 +25,7 @@ import psycopg
 import redis
 
 from bench.processes import stop_on_signals
-from gateway import embedded
+from gateway.ops import local_services
 from memory import migrate
 
 
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="cmg-notices-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, data_dir, True)
-        pg = embedded.start_postgres(data_dir)
+        pg = local_services.start_postgres(data_dir)
         stack.callback(pg.stop)
-        rd = embedded.start_redis(data_dir)
+        rd = local_services.start_redis(data_dir)
         stack.callback(rd.stop)
         migrate.upgrade(pg.url)
         with psycopg.connect(pg.url, autocommit=True) as conn:
@@ -97,7 +97,7 @@ def _notify(pg_url: str, redis_url: str, rounds: int) -> tuple[list[float], list
 def _publish(pg_url: str, redis_url: str, rounds: int) -> tuple[list[float], list[float]]:
     heard: Queue[float] = Queue()
     client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe("cmg_changes")
     pubsub.get_message(timeout=5)  # the subscribe confirmation
 

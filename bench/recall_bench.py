@@ -41,14 +41,14 @@ from bench import synthetic_items
 from bench.memory_stack import Api, memory_stack
 from bench.processes import wait_quiet
 from bench.recall_explain import explain_legs
-from gateway.settings import Settings
+from core.settings import Settings
 from memory import recall
 from memory.ranker import Ranker
 from memory.service import Knobs, Memory
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 30.0  # issue #11: p95 at 100k items, embedding included
-Timed = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+Timed = Callable[..., Awaitable[Any]]  # timed(call, *args): await call(*args), timed
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _remember_load(keep_dir: Path, small: str, large: str, notes: list[str]) -> 
 
 
 def _new_key(stack: Any, workspace: str) -> str:
-    from gateway import workspaces
+    from gateway.services import workspaces
     from memory.db import run_transaction
 
     async def work(session: Any) -> str:
@@ -223,12 +223,17 @@ def _prewarm(conn: psycopg.Connection) -> str:
         "OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'memory_items'::regclass) "
         "OR c.oid = (SELECT reltoastrelid FROM pg_class WHERE oid = 'memory_items'::regclass)"
     ).fetchall()
-    pages = sum(conn.execute("SELECT pg_prewarm(%s)", (r[0],)).fetchone()[0] for r in relations)
+    pages = sum(_one(conn.execute("SELECT pg_prewarm(%s)", (r[0],)).fetchone()) for r in relations)
     conn.commit()
     return (
         f"`memory_items`, its TOAST and indexes prewarmed into shared_buffers ({pages:,} pages, "
         f"{time.perf_counter() - t0:.1f} s), as on a server that has been serving"
     )
+
+
+def _one(row: tuple[Any, ...] | None) -> int:
+    assert row is not None  # an aggregate always returns its row
+    return int(row[0])
 
 
 # --- measuring ---
@@ -249,33 +254,29 @@ async def _in_process(database_url: str, stage: Stage, args: argparse.Namespace)
             stage.counts_ms = (time.perf_counter() - t0) * 1000
         vectors: dict[str, str] = {}
         async for q, timed in _series(stage, "embed only", args):
-            vectors[q] = recall.vector_literal((await timed(lambda q=q: _embed(embedder, q)))[0])
+            vectors[q] = recall.vector_literal((await timed(_embed, embedder, q))[0])
         counts = recall.DocCounts(pool=reads)
 
-        async def leg(run: Callable[[Any], Awaitable[Any]]) -> Any:
+        async def leg(run: Callable[..., Awaitable[Any]], *args: Any) -> Any:
             async with reads.connection() as conn:
-                return await run(conn)
+                return await run(conn, *args)
 
         async for q, timed in _series(stage, f"vector leg (candidates {depth})", args):
             if q in vectors:
-                await timed(
-                    lambda q=q: leg(lambda c: recall.vector_leg(c, everyone, vectors[q], depth))
-                )
+                await timed(leg, recall.vector_leg, everyone, vectors[q], depth)
         async for q, timed in _series(stage, "lexical leg", args):
-            await timed(
-                lambda q=q: leg(lambda c: recall.lexical_leg(c, everyone, q, depth, counts))
-            )
+            await timed(leg, recall.lexical_leg, everyone, q, depth, counts)
         knobs = Knobs(max_tokens=1000, max_items=8, min_similarity=0.35, candidates=depth,
                       summary_threshold=2000, ranker=Ranker.load())  # fmt: skip
         memory = Memory(None, reads, embedder, knobs)  # type: ignore[arg-type]  # reads only
         async for q, timed in _series(stage, HYBRID, args):
-            await timed(lambda q=q: memory.search(everyone, q, 10))
+            await timed(memory.search, everyone, q, 10)
         async for q, timed in _series(stage, "hybrid, query vector cached (embed excluded)", args):
-            await timed(lambda q=q: memory.search(everyone, q, 10))
+            await timed(memory.search, everyone, q, 10)
         memory = Memory(None, reads, embedder, knobs)  # type: ignore[arg-type]  # a fresh cache
         one_user = recall.Filters(stage.workspace, "user-0007")
         async for q, timed in _series(stage, "hybrid, end-user scoped (embed included)", args):
-            await timed(lambda q=q: memory.search(one_user, q, 10))
+            await timed(memory.search, one_user, q, 10)
         stage.agreement = await _agreement(reads, everyone, stage.queries[:100], depth)
         last = stage.queries[-1]
         stage.plans = await explain_legs(
@@ -345,9 +346,9 @@ async def _series(
         if time.monotonic() > deadline:
             return
 
-        async def timed(call: Callable[[], Awaitable[Any]], n: int = n) -> Any:
+        async def timed(call: Callable[..., Awaitable[Any]], *call_args: Any, n: int = n) -> Any:
             t0 = time.perf_counter()
-            result = await call()
+            result = await call(*call_args)
             if n >= args.warmup:
                 samples.append((time.perf_counter() - t0) * 1000)
             return result

@@ -5,7 +5,7 @@
 
 Loads the LoCoMo dev conversations (``bench.locomo``; one end user per conversation, a thread
 per session) and the synthetic set (``bench.conversations``) into two workspaces of an embedded
-PostgreSQL, indexes them with the embed job's own code (``workers.embedding.embed``: context,
+PostgreSQL, indexes them with the embed job's own code (``workers.vectors.embed``: context,
 keys, vectors), then asks every question through ``Memory.search`` and prints R@5/10/20 and MRR
 per category beside a plain BM25 over the same turns. ``bench/fit_ranker.py`` reads the
 candidates' features through the same path. ``make eval`` is the HTTP measure; this is the fast
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import re
@@ -106,10 +107,11 @@ def load_locomo() -> Dataset:
 
 def ingest(database_url: str, workspace: str, turns: Sequence[Turn]) -> int:
     """Store the turns as the memory API does, then run the embed job's code on them."""
-    from gateway.settings import Settings
+    from core.settings import Settings
     from memory import store
     from memory.db import run_transaction, sync_engine
-    from workers import embedding
+    from memory.embedder import embedder_for
+    from workers import vectors
 
     items = [
         store.NewItem(t.content, "message", t.role, t.thread_id, t.user, {"key": t.key},
@@ -119,10 +121,12 @@ def ingest(database_url: str, workspace: str, turns: Sequence[Turn]) -> int:
     ids: list[Any] = []
     for start in range(0, len(items), 500):
         batch = items[start : start + 500]
-        ids += run_transaction(database_url, lambda s, b=batch: store.add_items(s, workspace, b))
+        ids += run_transaction(
+            database_url, functools.partial(store.add_items, workspace_id=workspace, items=batch)
+        )
     engine = sync_engine(database_url)
     try:
-        return embedding.embed(engine, embedding.embedder_for(Settings.from_env()), ids)
+        return vectors.embed(engine, embedder_for(Settings.from_env()), ids)
     finally:
         engine.dispose()
 
@@ -148,11 +152,11 @@ async def _ask_all(
 
 
 async def memory_for(database_url: str, ranker: Any = "default") -> Any:
-    from gateway.settings import Settings
+    from core.settings import Settings
     from memory.db import ReadPool
+    from memory.embedder import embedder_for
     from memory.ranker import DEFAULT_PATH, Ranker
     from memory.service import Knobs, Memory
-    from workers import embedding
 
     settings = Settings.from_env()
     if ranker == "default":
@@ -160,7 +164,7 @@ async def memory_for(database_url: str, ranker: Any = "default") -> Any:
     knobs = Knobs(max_tokens=1000, max_items=8, min_similarity=0.35,
                   candidates=settings.memory_candidates, summary_threshold=10**9,
                   ranker=ranker)  # fmt: skip
-    return Memory(None, ReadPool(database_url), embedding.embedder_for(settings), knobs)  # type: ignore[arg-type]
+    return Memory(None, ReadPool(database_url), embedder_for(settings), knobs)  # type: ignore[arg-type]
 
 
 def _filters(corpus: Corpus, question: Question) -> Any:

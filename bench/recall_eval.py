@@ -154,14 +154,14 @@ def _embedding_backstop(
 ) -> Iterator[None]:
     """What the eval must not depend on: outbox rows left pending (no relay in the gateway)
     are pushed to RQ by this thread; with no worker command, it embeds them itself with the
-    job's own function (``workers.embedding.embed``)."""
+    job's own function (``workers.vectors.embed``)."""
     from redis import Redis
     from sqlalchemy import text
     from sqlalchemy.orm import sessionmaker
 
     from memory.db import sync_engine
-    from workers import embedding
-    from workers.outbox import drain_sync
+    from memory.outbox import drain_sync
+    from workers import vectors
 
     engine = sync_engine(stack.database_url)
     sessions = sessionmaker(engine)
@@ -200,7 +200,7 @@ def _embedding_backstop(
                     ).scalars()
                 )
             if ids:
-                embedded[0] += embedding.embed(engine, embedder, ids)
+                embedded[0] += vectors.embed(engine, embedder, ids)
 
     thread = threading.Thread(target=loop, name="embedding-backstop", daemon=True)
     thread.start()
@@ -220,7 +220,7 @@ def _embedding_backstop(
         if embedded[0]:
             notes.append(
                 f"no worker: the harness embedded {embedded[0]} items in-process "
-                "(workers.embedding.embed, the embed job's own function)"
+                "(workers.vectors.embed, the embed job's own function)"
             )
 
 

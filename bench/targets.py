@@ -64,15 +64,15 @@ def mock_upstream(shared: Path, python: Path, logs: Path) -> Iterator[Target]:
 @contextlib.contextmanager
 def gateway(upstream: str, scenario: Scenario, logs: Path) -> Iterator[Target]:
     """``cmg serve`` on a fresh data dir: embedded PostgreSQL + Redis, a key, a synced catalog."""
-    from gateway import embedded  # the project venv runs this module
+    from gateway.ops import local_services  # the project venv runs this module
 
     data_dir = Path(tempfile.mkdtemp(prefix="cmg-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, data_dir, True)
         stack.callback(_stop_embedded, data_dir)  # also covers a half-started service
         env = _gateway_env(scenario, upstream)
-        env["DATABASE_URL"] = embedded.start_postgres(data_dir).url
-        redis = embedded.start_redis(data_dir)
+        env["DATABASE_URL"] = local_services.start_postgres(data_dir).url
+        redis = local_services.start_redis(data_dir)
         env["REDIS_URL"] = redis.url
         services = (int((data_dir / "pg" / "postmaster.pid").read_text().split()[0]), redis.pid)
         key = _prepare(env, logs / "gateway-setup.log", scenario.key_args)
@@ -150,12 +150,12 @@ def _cmg() -> Path:
 
 def _stop_embedded(data_dir: Path) -> None:
     """Stop the PostgreSQL and Redis this run started in ``data_dir`` (if they are up)."""
-    from gateway import embedded
+    from gateway.ops import local_services
 
     pgdata = (data_dir / "pg").resolve()
     if (pgdata / "postmaster.pid").exists():
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        embedded.EmbeddedPostgres(pgdata, pgdata, user).stop()
+        local_services.EmbeddedPostgres(pgdata, pgdata, user).stop()
     pidfile = data_dir / "redis" / "redis.pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().split()[0])

@@ -17,12 +17,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from core.errors import GatewayError, error_body, json_error
+from core.settings import Settings
 from gateway import deps
-from gateway.errors import GatewayError, error_body, json_error
-from gateway.mcp.server import Endpoint as McpEndpoint
-from gateway.observe import Observe
 from gateway.routes import labels, table
-from gateway.settings import Settings
+from gateway.services.observe import Observe
+from gateway.surfaces.mcp.server import Endpoint as McpEndpoint
 
 log = logging.getLogger("cmg.app")
 Endpoint = Callable[[Request], Awaitable[Response]]

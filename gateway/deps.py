@@ -12,23 +12,23 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway import lag, metrics
-from gateway.auth import KeyCache
-from gateway.catalog import Catalog
-from gateway.limits import Limiter
-from gateway.notices import Notices
-from gateway.providers import config as provider_config
-from gateway.providers.client import ProviderClient
-from gateway.providers.router import Router
-from gateway.settings import Settings
-from gateway.usage import UsageRecorder
-from gateway.workspaces import KeyRecord, find_key
+from core.providers import config as provider_config
+from core.providers.client import ProviderClient
+from core.providers.router import Router
+from core.settings import Settings
+from gateway.services import lag
+from gateway.services.auth import KeyCache
+from gateway.services.catalog import Catalog
+from gateway.services.limits import Limiter
+from gateway.services.notices import Notices
+from gateway.services.usage import UsageRecorder
+from gateway.services.workspaces import KeyRecord, find_key
 from memory.db import ReadPool, async_engine, sessionmaker
+from memory.embedder import embedder_for
+from memory.outbox import OutboxRelay, sample_forever
 from memory.ranker import Ranker
 from memory.service import Knobs, Memory
 from memory.tokens import count_text
-from workers.embedding import embedder_for
-from workers.outbox import OutboxRelay
 
 
 @dataclass
@@ -105,7 +105,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         )
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
-        deps.tasks.append(asyncio.create_task(metrics.sample_background(deps)))
+        deps.tasks.append(asyncio.create_task(sample_forever(deps.redis, deps.sessions)))
         deps.tasks.append(asyncio.create_task(lag.watch_loop()))
         # Everything loaded so far (models, encodings, SQLAlchemy, routes) lives as long as the
         # process: out of the collector's sight, a full collection takes milliseconds instead

@@ -16,9 +16,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import admin, embeddings, health, memory_api, metrics, models, responses, usage
-from gateway.chat import chat_completions
-from gateway.messages import messages
+from core import metrics
+from gateway.admin import api as admin
+from gateway.admin import health
+from gateway.surfaces import embeddings, memory_api, models, responses, usage
+from gateway.surfaces.chat import chat_completions
+from gateway.surfaces.messages import messages
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

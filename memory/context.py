@@ -134,7 +134,6 @@ class Placement:
         return {"form": self.form, "index": self.index, "breakpoint": self.breakpoint}
 
 
-FORMS = ("user", "system")
 _BREAKPOINT = {"type": "ephemeral"}
 _MAX_BREAKPOINTS = 4  # Anthropic's limit per request
 

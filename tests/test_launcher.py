@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import psutil
 
-from gateway import embedded
+from gateway.ops import local_services
 from tests.conftest import ROOT
 from tests.mock_upstream import MockUpstream
 
@@ -88,7 +88,7 @@ def test_make_run_prints_a_working_key_and_ctrl_c_stops_everything(
     tmp_path: Path, mock: MockUpstream
 ) -> None:
     data_dir = tmp_path / "data"
-    port = embedded.free_port()
+    port = local_services.free_port()
     proc, key = start_up(data_dir, port, mock)
     try:
         with wait_answering(port, key) as client:
@@ -108,7 +108,7 @@ def test_make_run_prints_a_working_key_and_ctrl_c_stops_everything(
 
 def test_a_crashed_run_does_not_block_the_next(tmp_path: Path, mock: MockUpstream) -> None:
     data_dir = tmp_path / "data"
-    port = embedded.free_port()
+    port = local_services.free_port()
     first, key = start_up(data_dir, port, mock)
     wait_answering(port, key).close()
     first.send_signal(signal.SIGKILL)  # orphans postgres and redis

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import Settings, documented
+from core.settings import Settings, documented
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -17,10 +17,12 @@ from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.errors import UpstreamError
-from gateway.providers.client import ProviderClient
-from gateway.providers.config import Provider, ProviderConfig
-from gateway.providers.router import Target
+from core.errors import UpstreamError
+from core.providers import config as provider_config
+from core.providers.client import ProviderClient
+from core.providers.config import Provider, ProviderConfig
+from core.providers.router import Target
+from core.settings import Settings
 from memory.schema import CatalogModel
 
 log = logging.getLogger("cmg.catalog")
@@ -74,6 +76,17 @@ async def sync(session: AsyncSession, client: ProviderClient, config: ProviderCo
             )
         count += len(rows)
     return count
+
+
+async def sync_once(session: AsyncSession, settings: Settings) -> int:
+    """``sync`` with a provider client of its own: the scheduled job, ``cmg catalog sync`` and
+    ``cmg up`` (the gateway syncs with the client it already has)."""
+    client = ProviderClient(settings)
+    await client.start()
+    try:
+        return await sync(session, client, provider_config.load(settings))
+    finally:
+        await client.close()
 
 
 def _price(value: Any) -> Decimal | None:

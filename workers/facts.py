@@ -18,16 +18,16 @@ import orjson
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from gateway.providers import config as provider_config
-from gateway.providers.client import ProviderClient
-from gateway.providers.router import Router
-from gateway.settings import Settings
+from core.providers import config as provider_config
+from core.providers.client import ProviderClient
+from core.providers.router import Router
+from core.settings import Settings
 from memory.embedder import Embedder, document_text
 from memory.redact import redact
 from memory.store import content_hash
 from memory.tokens import count_text
-from workers.embedding import COUNT_TERMS, as_text
 from workers.llm import ChatBody
+from workers.vectors import COUNT_TERMS, as_text
 
 PROMPT = (
     "You maintain a list of durable facts about a user (identity, relationships, preferences, "

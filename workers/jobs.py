@@ -10,7 +10,6 @@ model and opens its own connections.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -22,13 +21,11 @@ from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.metrics import timed_job
-from gateway.settings import Settings
+from core.metrics import timed_job
+from core.settings import Settings
 from memory.db import sync_engine
-from memory.embedder import Embedder
-from memory.tokens import count_text
-from workers import embedding, retention, summary
-from workers.outbox import (
+from memory.embedder import Embedder, embedder_for
+from memory.outbox import (
     EMBED,
     QUEUES,
     SUMMARIZE,
@@ -37,6 +34,8 @@ from workers.outbox import (
     enqueue,
     redis_client,
 )
+from memory.tokens import count_text
+from workers import retention, summary, vectors
 
 log = logging.getLogger("cmg.jobs")
 
@@ -60,7 +59,7 @@ class _Context:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = embedding.embedder_for(self.settings)
+            self._embedder = embedder_for(self.settings)
         return self._embedder
 
     @property
@@ -124,14 +123,14 @@ def embed_items(item_ids: list[str]) -> int:
     """Embed these items where still unembedded; returns how many this run wrote."""
     ids = [uuid.UUID(i) for i in item_ids]
     ctx = _ctx()
-    return embedding.embed(ctx.engine, ctx.embedder, ids)
+    return vectors.embed(ctx.engine, ctx.embedder, ids)
 
 
 @timed_job
 def reindex_memory(workspace_id: str | None = None) -> int:
     """``cmg memory reindex --queue``: the current context and keys for embedded items."""
     ws = uuid.UUID(workspace_id) if workspace_id else None
-    return embedding.reindex(_ctx().engine, workspace_id=ws)
+    return vectors.reindex(_ctx().engine, workspace_id=ws)
 
 
 @timed_job
@@ -164,26 +163,11 @@ def extract_facts(workspace_id: str, item_ids: list[str]) -> int:
 @timed_job
 def sync_catalog() -> int:
     """Refresh the model catalog from every provider's ``/models``."""
-    from gateway.providers import config as provider_config
-    from gateway.providers.client import ProviderClient
-    from memory.db import async_engine
-    from memory.db import sessionmaker as async_sessionmaker
+    from memory.db import run_transaction
     from workers import catalog
 
     settings = _ctx().settings
-
-    async def run() -> int:
-        engine = async_engine(settings.database_url, pool_size=1)
-        client = ProviderClient(settings)
-        await client.start()
-        try:
-            async with async_sessionmaker(engine).begin() as session:
-                return await catalog.sync(session, client, provider_config.load(settings))
-        finally:
-            await client.close()
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_transaction(settings.database_url, lambda s: catalog.sync_once(s, settings))
 
 
 @timed_job
@@ -206,7 +190,7 @@ def sweep_unembedded(older_than_seconds: int = 60) -> int:
                 {"age": older_than_seconds, "limit": SWEEP_LIMIT},
             ).scalars()
         ]
-    size = embedding.REEMBED_JOB_SIZE
+    size = vectors.REEMBED_JOB_SIZE
     jobs = [_sweep_job(ids[start : start + size]) for start in range(0, len(ids), size)]
     enqueue(ctx.redis, jobs)
     return len(ids)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from memory import neighbours
 from memory.forget import DELETE_ITEMS_SQL, params
-from workers.outbox import SUMMARIZE, record
+from memory.outbox import SUMMARIZE, record
 
 BATCH = 1000
 OUTBOX_KEEP_DAYS = 7

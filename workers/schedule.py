@@ -36,9 +36,9 @@ from rq.scripts import release_lock
 from rq.worker import DequeueStrategy
 from rq_scheduler import Scheduler
 
-from gateway.metrics import serve_on_port
-from gateway.settings import Settings
-from workers.outbox import JOB_MODULE, MAINTENANCE, QUEUES, Enqueue, enqueue
+from core.metrics import serve_on_port
+from core.settings import Settings
+from memory.outbox import JOB_MODULE, MAINTENANCE, QUEUES, Enqueue, enqueue
 
 log = logging.getLogger("cmg.schedule")
 

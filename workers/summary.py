@@ -26,16 +26,16 @@ import orjson
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
-from gateway.providers import config as provider_config
-from gateway.providers.client import ProviderClient
-from gateway.providers.router import Router
-from gateway.settings import Settings
+from core.providers import config as provider_config
+from core.providers.client import ProviderClient
+from core.providers.router import Router
+from core.settings import Settings
 from memory.forget import DELETE_ITEMS_SQL, params
+from memory.outbox import EMBED, record
 from memory.schema import MemoryItem
 from memory.store import content_hash
 from memory.tokens import count_text
 from workers.llm import ChatBody
-from workers.outbox import EMBED, record
 
 log = logging.getLogger("cmg.summary")
 

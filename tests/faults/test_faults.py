@@ -20,7 +20,8 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import text
 
-from gateway import embedded, workspaces
+from gateway.ops import local_services
+from gateway.services import workspaces
 from memory import migrate
 from memory.db import run_transaction
 from tests.conftest import (
@@ -37,7 +38,7 @@ from tests.mock_upstream import MockUpstream
 
 @dataclass
 class Stack:
-    pg: embedded.EmbeddedPostgres
+    pg: local_services.EmbeddedPostgres
     data_dir: Path
     key: str
     services: Services
@@ -50,7 +51,7 @@ def _db(url: str, work: Any) -> Any:
 @pytest.fixture
 def own_pg(tmp_path: Path, services: Services) -> Iterator[Stack]:
     data_dir = tmp_path / "pg-data"
-    pg = embedded.start_postgres(data_dir)
+    pg = local_services.start_postgres(data_dir)
     migrate.upgrade(pg.url)
 
     async def tenant(session: Any) -> str:
@@ -125,7 +126,7 @@ def test_postgres_restart_under_traffic_gives_200_or_clean_503_and_loses_nothing
         time.sleep(0.5)
         own_pg.pg.stop()
         time.sleep(1.5)  # traffic while the database is down
-        restarted = embedded.start_postgres(own_pg.data_dir)
+        restarted = local_services.start_postgres(own_pg.data_dir)
         assert restarted.url == own_pg.pg.url
         time.sleep(2.0)  # and after it is back
         stop.set()
@@ -185,7 +186,7 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
     services: Services, mock: MockUpstream, providers: Path, tmp_path: Path, own_db: str
 ) -> None:
     database = own_db  # its outbox rows can only reach this test's Redis
-    redis = embedded.start_redis(tmp_path / "redis")
+    redis = local_services.start_redis(tmp_path / "redis")
     port = redis.port
     own = Services(database, redis.url, services.data_dir)
     env = gateway_env(own, mock, providers, CMG_OUTBOX_INTERVAL_SECONDS="0.5")
@@ -200,7 +201,7 @@ def test_redis_down_turns_still_stored_and_embedded_when_it_returns(
                 response = _post(client, tenant.key, f"{prefix}{i}")
                 assert response.status_code == 200, response.text
         assert _count_messages(database, prefix) == {f"{prefix}{i}": 2 for i in range(5)}
-        redis = embedded.start_redis(tmp_path / "redis", port=port)
+        redis = local_services.start_redis(tmp_path / "redis", port=port)
         worker = subprocess.Popen(
             [sys.executable, "-m", "gateway", "worker"], env=env, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -68,7 +68,7 @@ def test_revoked_key_gets_401(http: httpx.Client, client: openai.OpenAI, tenant:
 def test_key_revoked_elsewhere_stops_working_within_the_cache_ttl(
     gateway: Gateway, services: Services
 ) -> None:
-    from gateway import workspaces
+    from gateway.services import workspaces
 
     tenant = make_tenant(services)
     with gateway.client(tenant.key) as client:

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.providers.config import Provider, ProviderConfig
-from gateway.providers.router import Router
+from core.providers.config import Provider, ProviderConfig
+from core.providers.router import Router
 from memory import tokens
 from tests.conftest import MASTER_KEY, Gateway, Tenant
 from tests.gateway.test_errors import assert_error_shape

@@ -16,7 +16,7 @@ import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.catalog import Price
+from gateway.services.catalog import Price
 from tests.conftest import Gateway, Services, Tenant, make_tenant
 from tests.memory.test_chat_memory import wait_embedded
 

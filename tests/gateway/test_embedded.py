@@ -13,7 +13,7 @@ import httpx2 as httpx
 import psycopg
 import pytest
 
-from gateway import embedded
+from gateway.ops import local_services
 from tests.conftest import ROOT, Services, clean_env, services_under, stop_group
 from tests.mock_upstream import MockUpstream
 
@@ -21,14 +21,14 @@ GB = 1 << 30
 
 
 def test_shared_buffers_are_a_quarter_of_memory_between_128mb_and_2gb() -> None:
-    assert embedded.server_settings(memory=4 * GB)["shared_buffers"] == "1024MB"
-    assert embedded.server_settings(memory=64 * GB)["shared_buffers"] == "2048MB"
-    assert embedded.server_settings(memory=GB // 4)["shared_buffers"] == "128MB"
-    assert embedded.server_settings("512MB", memory=64 * GB)["shared_buffers"] == "512MB"
+    assert local_services.server_settings(memory=4 * GB)["shared_buffers"] == "1024MB"
+    assert local_services.server_settings(memory=64 * GB)["shared_buffers"] == "2048MB"
+    assert local_services.server_settings(memory=GB // 4)["shared_buffers"] == "128MB"
+    assert local_services.server_settings("512MB", memory=64 * GB)["shared_buffers"] == "512MB"
 
 
 def test_the_embedded_server_runs_with_its_settings(services: Services) -> None:
-    wanted = embedded.server_settings()
+    wanted = local_services.server_settings()
     with psycopg.connect(services.database_url) as conn:
         for name, value in wanted.items():
             same = conn.execute(
@@ -39,7 +39,7 @@ def test_the_embedded_server_runs_with_its_settings(services: Services) -> None:
 
 def _serve(data_dir: Path, mock: MockUpstream, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``cmg serve`` with no DATABASE_URL / REDIS_URL: embedded services in ``data_dir``."""
-    port = embedded.free_port()
+    port = local_services.free_port()
     env = {**clean_env(), "CMG_DATA_DIR": str(data_dir), "OPENROUTER_BASE_URL": mock.base_url,
            "OPENROUTER_API_KEY": "sk-test", "CMG_LOG_LEVEL": "info"}  # fmt: skip
     with log.open("wb") as out:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import embedded
-from gateway.exposure import EXAMPLE_MASTER_KEY, check_master_key, is_loopback, weakness
+from gateway.ops import local_services
+from gateway.ops.exposure import EXAMPLE_MASTER_KEY, check_master_key, is_loopback, weakness
 from tests.conftest import ROOT, clean_env
 
 
@@ -58,7 +58,7 @@ def test_other_addresses_refuse_a_weak_key_but_not_a_missing_one(host: str) -> N
 
 def test_cmg_serve_with_the_example_key_on_every_interface_exits(tmp_path: Path) -> None:
     env = {**clean_env(), "CMG_MASTER_KEY": EXAMPLE_MASTER_KEY, "CMG_DATA_DIR": str(tmp_path)}
-    port = str(embedded.free_port())
+    port = str(local_services.free_port())
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--host", "0.0.0.0", "--port", port],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,

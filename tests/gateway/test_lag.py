@@ -1,4 +1,4 @@
-"""The event-loop lag watch (gateway.lag): a held loop shows in the gauge and in the log."""
+"""The event-loop lag watch (gateway.services.lag): a held loop shows in gauge and log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.lag import WARN_SECONDS, watch_loop
+from gateway.services.lag import WARN_SECONDS, watch_loop
 
 
 def _gauge() -> float:

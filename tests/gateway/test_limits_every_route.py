@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import AuthenticationError
 
-from gateway import embedded
+from gateway.ops import local_services
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, make_tenant
 from tests.gateway.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
@@ -146,7 +146,7 @@ def closed_gateway(
     """A gateway with a metrics token, a 1 s memory wait and a Redis of its own that requires a
     password (no worker listens there, so nothing it stores gets embedded). The limiter does
     not fail open, so a Redis refusing the gateway would show as 503s."""
-    redis = embedded.start_redis(tmp_path_factory.mktemp("locked-redis"))
+    redis = local_services.start_redis(tmp_path_factory.mktemp("locked-redis"))
     with Redis.from_url(redis.url) as admin:
         admin.config_set("requirepass", REDIS_PASSWORD)
     env = gateway_env(
@@ -213,7 +213,7 @@ def test_readyz_says_only_up_or_down(http: httpx.Client) -> None:
 
 
 def test_embedding_input_tokens_count_every_shape_openai_accepts() -> None:
-    from gateway.embeddings import input_tokens
+    from gateway.surfaces.embeddings import input_tokens
 
     assert input_tokens("hello world", "gpt-4o") == 2
     assert input_tokens(["hello world", "again"], "gpt-4o") == 3

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import embedded
+from gateway.ops import local_services
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env
 from tests.gateway.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
@@ -135,7 +135,7 @@ def test_workspace_limit_applies_across_its_keys(
 def test_limiter_fails_open_when_redis_is_down(
     services: Services, mock: MockUpstream, providers: Path, tmp_path: Path, tenant: Tenant
 ) -> None:
-    redis = embedded.start_redis(tmp_path / "own-redis")
+    redis = local_services.start_redis(tmp_path / "own-redis")
     env = gateway_env(services, mock, providers, REDIS_URL=redis.url)
     gw = Gateway(env, tmp_path / "gw.log")
     try:

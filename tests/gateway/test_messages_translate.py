@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import BadRequest
-from gateway.messages_translate import StreamState, error_body, to_chat, to_message
+from core.errors import BadRequest
+from gateway.surfaces.messages_translate import StreamState, error_body, to_chat, to_message
 
 
 def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:

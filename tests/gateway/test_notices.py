@@ -20,9 +20,9 @@ import httpx2 as httpx
 import psycopg
 import pytest
 
-from gateway import embedded
-from gateway.auth import KeyCache
-from gateway.workspaces import KeyRecord
+from gateway.ops import local_services
+from gateway.services.auth import KeyCache
+from gateway.services.workspaces import KeyRecord
 from tests.conftest import (
     MASTER_KEY,
     ROOT,
@@ -58,7 +58,7 @@ def fleet(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """Replicas A and B, started together on a database of their own with an empty catalog."""
     tmp = tmp_path_factory.mktemp("fleet")
     with own_database(services) as url, MockUpstream() as mock:
-        redis = embedded.start_redis(tmp / "redis")
+        redis = local_services.start_redis(tmp / "redis")
         try:
             own = Services(url, redis.url, services.data_dir)
             env = gateway_env(
@@ -124,7 +124,7 @@ def test_an_unreachable_provider_does_not_stop_startup(services: Services, tmp_p
         env = gateway_env(
             Services(url, services.redis_url, services.data_dir), mock,
             providers_file(tmp_path / "providers.toml", mock),
-            OPENROUTER_BASE_URL=f"http://127.0.0.1:{embedded.free_port()}/v1",
+            OPENROUTER_BASE_URL=f"http://127.0.0.1:{local_services.free_port()}/v1",
         )  # fmt: skip
         gw = Gateway(env, tmp_path / "gw.log")  # waits for /healthz
         try:
@@ -183,7 +183,7 @@ def test_catalog_sync_reaches_every_replica(fleet: Fleet) -> None:
 
 
 def test_with_the_channel_down_the_cache_lifetime_still_expires_keys(fleet: Fleet) -> None:
-    closed = f"postgresql://postgres@127.0.0.1:{embedded.free_port()}/cmg"
+    closed = f"postgresql://postgres@127.0.0.1:{local_services.free_port()}/cmg"
     env = {**fleet.env, "CMG_NOTICE_URL": closed, "CMG_AUTH_CACHE_SECONDS": "3"}
     c = Gateway(env, fleet.logs / "c.log")
     try:

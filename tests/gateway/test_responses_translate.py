@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import BadRequest
-from gateway.responses_translate import StreamState, assistant_messages, to_chat
+from core.errors import BadRequest
+from gateway.surfaces.responses_translate import StreamState, assistant_messages, to_chat
 
 
 def events(raw: bytes) -> list[dict[str, Any]]:

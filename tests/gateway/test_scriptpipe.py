@@ -16,23 +16,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import embedded
-from gateway.scriptpipe import ScriptPipe
+from gateway.ops import local_services
+from gateway.services.scriptpipe import ScriptPipe
 
 # Echoes its arguments and counts its calls in a key, so every reply says whose call it was.
 ECHO = "redis.call('INCR', KEYS[1]); return {ARGV[1], ARGV[2]}"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[embedded.EmbeddedRedis]:
-    own = embedded.start_redis(tmp_path / "redis")
+def server(tmp_path: Path) -> Iterator[local_services.EmbeddedRedis]:
+    own = local_services.start_redis(tmp_path / "redis")
     try:
         yield own
     finally:
         own.stop()
 
 
-def test_concurrent_calls_each_get_their_own_reply(server: embedded.EmbeddedRedis) -> None:
+def test_concurrent_calls_each_get_their_own_reply(server: local_services.EmbeddedRedis) -> None:
     async def scenario() -> list[object]:
         pipe = ScriptPipe(server.url, ECHO)
         try:
@@ -45,7 +45,7 @@ def test_concurrent_calls_each_get_their_own_reply(server: embedded.EmbeddedRedi
     assert redis.Redis.from_url(server.url).get("calls") == b"200"
 
 
-def test_a_flushed_script_is_loaded_again(server: embedded.EmbeddedRedis) -> None:
+def test_a_flushed_script_is_loaded_again(server: local_services.EmbeddedRedis) -> None:
     async def scenario() -> tuple[object, object]:
         pipe = ScriptPipe(server.url, ECHO)
         try:
@@ -58,7 +58,7 @@ def test_a_flushed_script_is_loaded_again(server: embedded.EmbeddedRedis) -> Non
     assert uvloop.run(scenario()) == ([b"1", b"2"], [b"3", b"4"])
 
 
-def test_a_script_error_fails_that_call_only(server: embedded.EmbeddedRedis) -> None:
+def test_a_script_error_fails_that_call_only(server: local_services.EmbeddedRedis) -> None:
     async def scenario() -> list[object]:
         pipe = ScriptPipe(server.url, "return redis.call('INCRBY', KEYS[1], ARGV[1])")
         try:
@@ -75,7 +75,7 @@ def test_a_script_error_fails_that_call_only(server: embedded.EmbeddedRedis) -> 
 
 
 def test_a_restarted_server_is_reconnected_to(tmp_path: Path) -> None:
-    own = embedded.start_redis(tmp_path / "redis")
+    own = local_services.start_redis(tmp_path / "redis")
     port = urlsplit(own.url).port
 
     async def scenario() -> tuple[object, BaseException, object]:
@@ -87,7 +87,7 @@ def test_a_restarted_server_is_reconnected_to(tmp_path: Path) -> None:
             # Closed or refused at once: a timeout (30 s) would be a RedisTimeoutError.
             with pytest.raises(RedisConnectionError) as down:
                 await pipe(["calls"], [2, 2])
-            own = embedded.start_redis(tmp_path / "redis", port=port)
+            own = local_services.start_redis(tmp_path / "redis", port=port)
             return before, down.value, await pipe(["calls"], [3, 3])
         finally:
             await pipe.close()
@@ -101,7 +101,7 @@ def test_a_restarted_server_is_reconnected_to(tmp_path: Path) -> None:
 
 
 def test_a_stalled_server_fails_the_call_with_a_timeout_then_recovers(
-    server: embedded.EmbeddedRedis,
+    server: local_services.EmbeddedRedis,
 ) -> None:
     async def scenario() -> object:
         pipe = ScriptPipe(server.url, ECHO, timeout=0.3)
@@ -118,7 +118,7 @@ def test_a_stalled_server_fails_the_call_with_a_timeout_then_recovers(
     assert uvloop.run(scenario()) == [b"2", b"2"]
 
 
-def test_password_and_database_come_from_the_url(server: embedded.EmbeddedRedis) -> None:
+def test_password_and_database_come_from_the_url(server: local_services.EmbeddedRedis) -> None:
     admin = redis.Redis.from_url(server.url)
     admin.config_set("requirepass", "s3cret")
     parts = urlsplit(server.url)

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from gateway import embedded
+from gateway.ops import local_services
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env
 from tests.mock_upstream import MockUpstream, Reply
 
@@ -58,7 +58,7 @@ def edge(
     (prefix / "conf.d").mkdir(parents=True)
     (prefix / "logs").mkdir()
     (prefix / "nginx.conf").write_text((ROOT / "infra/nginx/nginx.conf").read_text())
-    port = embedded.free_port()
+    port = local_services.free_port()
     template = (ROOT / "infra/nginx/gateway.conf.tftpl").read_text()
     (prefix / "conf.d/gateway.conf").write_text(
         nginx_render.render(

@@ -16,8 +16,8 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from gateway.providers import config
-from gateway.settings import Settings
+from core.providers import config
+from core.settings import Settings
 from tests.conftest import Gateway, Services, Tenant, gateway_env, make_tenant
 from tests.memory.test_chat_memory import chat, thread_view, wait_embedded
 from tests.mock_upstream import MockUpstream, Recorded

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from core.settings import Settings
 from gateway import routes
-from gateway.settings import Settings
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant
 from tests.mock_upstream import MockUpstream
 from tests.robustness.conftest import (

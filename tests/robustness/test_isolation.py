@@ -20,9 +20,9 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from gateway import workspaces
+from core.settings import Settings
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.services import workspaces
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant, run_db
 from tests.mock_upstream import MockUpstream
 from tests.robustness.conftest import assert_error_body, record

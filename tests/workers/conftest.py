@@ -19,13 +19,13 @@ from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import embedded
+from gateway.ops import local_services
 from memory.db import sync_engine
 from memory.embedder import LocalMiniLM
+from memory.outbox import EMBED, drain_sync, record, redis_client
 from memory.schema import MemoryItem, Thread, Workspace
 from memory.tokens import count_text
 from tests.conftest import ROOT, Services, clean_env, own_database
-from workers.outbox import EMBED, drain_sync, record, redis_client
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
     process pushes our outbox rows or takes our jobs, so tests can assert who ran what.
     """
     data_dir = tmp_path_factory.mktemp("workers-data")
-    rd = embedded.start_redis(data_dir)
+    rd = local_services.start_redis(data_dir)
     try:
         with own_database(services) as url:
             yield Services(url, rd.url, data_dir)

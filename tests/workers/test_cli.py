@@ -18,9 +18,10 @@ from rq.job import Job
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from gateway import embedded
-from gateway.cli import main
+from gateway.ops import local_services
+from gateway.ops.cli import main
 from memory.embedder import LOCAL_MODEL, LocalMiniLM
+from memory.outbox import backlog_sync
 from memory.schema import MemoryItem, OutboxRow, Workspace
 from tests.conftest import ROOT, Services
 from tests.workers.conftest import (
@@ -32,8 +33,7 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
-from workers import embedding, schedule
-from workers.outbox import backlog_sync
+from workers import schedule, vectors
 
 SCHEDULED = "rq:scheduler:scheduled_jobs"
 PERIODIC_IDS = sorted(p.job_id for p in schedule.PERIODIC)
@@ -41,7 +41,7 @@ PERIODIC_IDS = sorted(p.job_id for p in schedule.PERIODIC)
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Redis]:
-    server = embedded.start_redis(tmp_path / "redis")
+    server = local_services.start_redis(tmp_path / "redis")
     client = Redis.from_url(server.url)
     try:
         yield client
@@ -157,7 +157,7 @@ def test_reembed_clears_vectors_of_other_models_and_queues_them_again(
 ) -> None:
     workspace = new_workspace(db)
     ids = add_items(db, workspace, ["Erin likes rowing.", "Erin rows on Sundays.", "Tea."])
-    embedding.embed(db, minilm, ids)
+    vectors.embed(db, minilm, ids)
     push(db, redis)  # their embed job: out of the way, so the reembed row is pushed alone
     stale = sorted(ids[:2])
     with Session(db) as session, session.begin():
@@ -182,6 +182,6 @@ def test_reembed_clears_vectors_of_other_models_and_queues_them_again(
     assert row.pushed_at is not None and sorted(row.args["item_ids"]) == sorted(map(str, stale))
     assert Job.fetch(f"outbox-{row.id}", connection=redis).func_name == "workers.jobs.embed_items"
 
-    assert embedding.embed(db, minilm, stale) == 2  # what the queued job does
+    assert vectors.embed(db, minilm, stale) == 2  # what the queued job does
     assert term_stats(db, workspace) == expected_term_stats(db, workspace)
     assert term_stats(db, workspace)["erin"] == 2

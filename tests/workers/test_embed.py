@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from memory.db import async_engine, sessionmaker
 from memory.embedder import LOCAL_MODEL, LocalMiniLM, document_text
+from memory.outbox import EMBED, Enqueue, OutboxRelay, backlog_sync, enqueue
 from memory.schema import MemoryItem, OutboxRow
 from tests.conftest import Services
 from tests.workers.conftest import (
@@ -26,8 +27,7 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
-from workers import embedding
-from workers.outbox import EMBED, Enqueue, OutboxRelay, backlog_sync, enqueue
+from workers import vectors
 
 TEXTS = [
     "Alice moved to Lisbon in March 2021.",
@@ -108,7 +108,7 @@ def test_concurrent_runs_on_the_same_items_count_each_item_once(
     results: list[int] = []
 
     def run() -> None:
-        results.append(embedding.embed(db, minilm, ids))
+        results.append(vectors.embed(db, minilm, ids))
 
     threads = [threading.Thread(target=run) for _ in range(3)]
     for thread in threads:

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from gateway import workspaces
-from gateway.settings import Settings
+from core.settings import Settings
+from gateway.services import workspaces
 from memory.db import sync_engine
 from memory.embedder import LocalMiniLM
 from tests.conftest import Gateway, Services, Tenant, run_db

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from memory.embedder import LocalMiniLM
+from memory.outbox import MAINTENANCE, Enqueue, enqueue
 from memory.schema import CatalogModel, Injection, MemoryItem, StoredResponse, Thread
 from tests.conftest import Services
 from tests.mock_upstream import MockUpstream
@@ -25,8 +26,7 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
-from workers import embedding
-from workers.outbox import MAINTENANCE, Enqueue, enqueue
+from workers import vectors
 
 
 @dataclass
@@ -73,7 +73,7 @@ def _retention_data(db: Engine, minilm: LocalMiniLM) -> Retention:
             session.add(StoredResponse(id=resp_id, workspace_id=workspace, response={},
                                        input_items=[], conversation=[], created_at=at))  # fmt: skip
     everything = [*gone_thread, *mixed_old, *mixed_new, summary, note, *untouched]
-    assert embedding.embed(db, minilm, everything) == len(everything)
+    assert vectors.embed(db, minilm, everything) == len(everything)
     assert term_stats(db, workspace)["zanzibar"] == 5
     return Retention(workspace, keep_all, [*gone_thread, *mixed_old, summary, note], mixed_new)
 

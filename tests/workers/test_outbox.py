@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from gateway import embedded
+from gateway.ops import local_services
 from memory.db import async_engine, sessionmaker
+from memory.outbox import OutboxRelay, backlog
 from memory.schema import OutboxRow
 from tests.conftest import Services
 from tests.workers.conftest import (
@@ -24,7 +25,6 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
-from workers.outbox import OutboxRelay, backlog
 
 
 def _pending(db: Engine) -> int:
@@ -43,7 +43,7 @@ async def _until(predicate: object, timeout: float = 10.0) -> None:
 def test_rows_written_while_redis_is_down_stay_pending_then_all_get_embedded(
     stack: Services, db: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    own = embedded.start_redis(tmp_path / "redis")
+    own = local_services.start_redis(tmp_path / "redis")
     port = own.port
     workspace = new_workspace(db)
     ids = add_items(db, workspace, ["Carol's flight lands at 7:45 on Tuesday."])
@@ -64,7 +64,7 @@ def test_rows_written_while_redis_is_down_stay_pending_then_all_get_embedded(
             assert _pending(db) == 3
             async with sessions() as session:
                 count, age = await backlog(session)
-            own = embedded.start_redis(tmp_path / "redis", port=port)
+            own = local_services.start_redis(tmp_path / "redis", port=port)
             relay.kick()
             await _until(lambda: _pending(db) == 0)
             return count, age
@@ -80,7 +80,7 @@ def test_rows_written_while_redis_is_down_stay_pending_then_all_get_embedded(
     assert count == 3 and age > 0
     assert "rows stay pending" in caplog.text
 
-    own = embedded.start_redis(tmp_path / "redis", port=port)  # appendonly: the jobs survived
+    own = local_services.start_redis(tmp_path / "redis", port=port)  # appendonly: the jobs survived
     try:
         burst(worker_env(stack, REDIS_URL=own.url), queues="embed")
     finally:

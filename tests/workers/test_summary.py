@@ -15,7 +15,8 @@ from redis import Redis
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from gateway.settings import Settings
+from core.settings import Settings
+from memory.outbox import SUMMARIZE, record
 from memory.schema import MemoryItem, Thread
 from memory.tokens import count_text
 from tests.conftest import Services
@@ -30,7 +31,6 @@ from tests.workers.conftest import (
     worker_env,
 )
 from workers import jobs, summary
-from workers.outbox import SUMMARIZE, record
 
 CONVERSATION = [
     "Hi! I'm Alice and I moved to Lisbon in March 2021.",

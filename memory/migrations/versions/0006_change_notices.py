@@ -4,7 +4,7 @@ A statement-level trigger on ``api_keys``, ``workspaces`` and ``models`` calls
 ``pg_notify('cmg_changes', <table>)``. PostgreSQL delivers the notice when (and only if) the
 writing transaction commits, folds duplicates of one transaction into one, and covers every
 writer alike: the admin API, the CLI, the catalog sync job and an operator's own SQL.
-``gateway/notices.py`` listens and drops the matching in-process caches.
+``gateway/services/notices.py`` listens and drops the matching in-process caches.
 
 Revision ID: 0006
 Revises: 0005

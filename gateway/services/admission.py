@@ -1,0 +1,53 @@
+"""Step 2 of every metered route: the workspace budget, then the per-key and workspace limits.
+
+Chat completions, embeddings and the memory API call ``admit`` after authenticating, so a key
+limited to N requests a minute gets N in all, whichever routes it uses. The token estimate is
+computed only when a TPM limit applies (tiktoken on a long prompt is not free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.services.auth import Caller
+from gateway.services.limits import Admission, Limiter, limits_for
+from gateway.services.usage import UsageRecorder
+from memory.offload import offload
+
+
+class Gates(Protocol):
+    """What ``admit`` needs of the app's ``Deps`` (which satisfies it)."""
+
+    @property
+    def usage(self) -> UsageRecorder: ...
+
+    @property
+    def limiter(self) -> Limiter: ...
+
+
+def _no_tokens() -> int:
+    return 0
+
+
+async def admit(
+    deps: Gates,
+    caller: Caller,
+    tokens: Callable[[], int] = _no_tokens,
+    *,
+    budget: bool = True,
+    size: int = 0,
+) -> Admission:
+    """Charge one request (and ``tokens()`` against TPM), else ``RateLimited``/``QuotaExceeded``.
+
+    ``budget=False`` skips the spending check for calls that cost nothing and must stay open
+    to a workspace over budget (deleting what it stored). ``size`` (the request's bytes) sends
+    a large estimate off the event loop.
+    """
+    if budget:
+        await deps.usage.check_budget(
+            caller.workspace_id, caller.settings.get("monthly_budget_usd")
+        )
+    limits = limits_for(caller)
+    estimate = await offload(size, tokens) if any(lim.tpm for lim in limits) else 0
+    return await deps.limiter.admit(limits, estimate)

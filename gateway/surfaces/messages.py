@@ -1,0 +1,99 @@
+"""``POST /v1/messages``: Anthropic's Messages API on the chat pipeline.
+
+1 auth (``x-api-key`` or ``Authorization: Bearer``, a workspace key; ``anthropic-version`` is
+accepted and not needed) → 2 parse and translate to a chat-completions body
+(``messages_translate.to_chat``) → stages 3-9 of ``chat.complete`` (limits, memory, forward,
+relay, capture, usage under the route ``messages``) → the answer translated back: a Message, or
+Anthropic's SSE event sequence. Memory is placed as for chat (``CMG_MEMORY_PLACEMENT``).
+Every error on this route has Anthropic's shape, ``{"type": "error", "error": {"type",
+"message"}}``, with the status chat completions would give.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.errors import GatewayError
+from gateway.deps import Deps
+from gateway.services.auth import authenticate
+from gateway.services.observe import observation
+from gateway.services.protocol import ChatRequest, parse_object, read_body
+from gateway.services.streaming import EventStream
+from gateway.surfaces.chat import complete
+from gateway.surfaces.messages_translate import StreamState, error_body, to_chat, to_message
+from memory.offload import offload
+
+
+async def messages(request: Request) -> Response:
+    try:
+        return await _messages(request)
+    except GatewayError as exc:
+        obs = request.scope.get("state", {}).get("obs")
+        if obs is not None:
+            obs.error_code = exc.code
+        return _error(exc.status, exc.message, exc.headers)
+
+
+async def _messages(request: Request) -> Response:
+    started = time.perf_counter()
+    deps: Deps = request.scope["state"]["deps"]
+    obs = observation(request)
+    caller = await authenticate(request, deps.keys, request.headers.get("x-api-key") or None)
+    obs.workspace, obs.key_id = caller.workspace, caller.key_id
+    raw = await read_body(request, deps.settings.max_body_bytes)
+    body = await offload(len(raw), parse_object, raw)
+    chat = ChatRequest.parse(orjson.dumps(to_chat(body)))
+    done = await complete(request, deps, caller, chat, started, route_label="messages")
+    if done.stream is not None:
+        state = StreamState(chat.model, f"msg_{uuid.uuid4().hex}")
+        return EventStream(_events(done.stream, state), done.status, done.headers)
+    if done.status >= 400:
+        error = done.parsed.get("error") if isinstance(done.parsed, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return _error(done.status, str(message or "the provider refused the request"), done.headers)
+    answer = orjson.dumps(to_message(done.parsed, chat.model))
+    return Response(answer, done.status, done.headers, media_type="application/json")
+
+
+async def _events(chunks: AsyncIterator[bytes], state: StreamState) -> AsyncIterator[bytes]:
+    """The relayed chat SSE, event by event, as Anthropic events."""
+    pending = b""
+    try:
+        async for data in chunks:
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            out = b"".join(_event(event, state) for event in events)
+            if out:
+                yield out
+            if state.finished:
+                return
+        yield state.end()
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _event(event: bytes, state: StreamState) -> bytes:
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return state.end()
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict):
+            return state.chunk(chunk)
+    return b""
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(error_body(status, message))
+    return Response(body, status, headers, media_type="application/json")

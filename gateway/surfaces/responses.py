@@ -1,0 +1,220 @@
+"""``/v1/responses``: OpenAI's Responses API on the chat pipeline.
+
+1 auth → 2 parse, rebuild the chain of ``previous_response_id`` from what was stored, translate
+to a chat-completions body (``responses_translate.to_chat``) → stages 3-9 of ``chat.complete``
+(limits, memory, forward, relay, capture, usage under the route ``responses``) → the Response
+object, or the Responses event stream; stored (``store``, default true) for retrieval and for
+the next turn of the chain. A chain is one memory thread: each turn resends the conversation
+from its first message, so the thread fingerprint (or ``X-Thread-Id``) stays the same.
+Every provider is reached through the translation (no native pass-through yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.errors import BadRequest, NotFound, json_response
+from gateway.deps import Deps
+from gateway.services.auth import Caller, authenticate
+from gateway.services.observe import observation
+from gateway.services.protocol import ChatRequest, parse_object, read_body
+from gateway.services.streaming import EventStream
+from gateway.surfaces.chat import complete
+from gateway.surfaces.responses_translate import (
+    StreamState,
+    assistant_messages,
+    new_id,
+    output_items,
+    response_object,
+    to_chat,
+    usage,
+)
+from memory.offload import offload
+from memory.schema import StoredResponse
+
+log = logging.getLogger("cmg.responses")
+
+
+async def create_response(request: Request) -> Response:
+    started = time.perf_counter()
+    deps: Deps = request.scope["state"]["deps"]
+    obs = observation(request)
+    caller = await authenticate(request, deps.keys)
+    obs.workspace, obs.key_id = caller.workspace, caller.key_id
+    raw = await read_body(request, deps.settings.max_body_bytes)
+    body = await offload(len(raw), parse_object, raw)
+    history = await _history(deps, caller, body.get("previous_response_id"))
+    chat_body, conversation = to_chat(body, history)
+    chat = ChatRequest.parse(orjson.dumps(chat_body))
+    done = await complete(request, deps, caller, chat, started, route_label="responses")
+    resp_id, created = new_id("resp"), int(time.time())
+    saved = _Saver(deps, caller, body, conversation, resp_id)
+    if done.stream is not None:
+        state = StreamState(resp_id, body, created)
+        return EventStream(_events(done.stream, state, saved), done.status, done.headers)
+    if done.status >= 400:  # the provider's error, already OpenAI-shaped
+        return Response(done.body, done.status, done.headers, media_type="application/json")
+    choices = done.parsed.get("choices") if isinstance(done.parsed, dict) else None
+    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    chat_usage = done.parsed.get("usage") if isinstance(done.parsed, dict) else None
+    obj = response_object(
+        resp_id, body, output_items(message), "completed", usage(chat_usage), created
+    )
+    await saved.save(obj)
+    return json_response(obj, done.status, done.headers)
+
+
+async def get_response(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    row = await _row(deps, caller, request.path_params["response_id"])
+    return json_response(row.response)
+
+
+async def delete_response(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    resp_id = request.path_params["response_id"]
+    async with deps.sessions.begin() as session:
+        gone = await session.execute(
+            delete(StoredResponse).where(
+                StoredResponse.workspace_id == uuid.UUID(caller.workspace_id),
+                StoredResponse.id == resp_id,
+            )
+        )
+    if not gone.rowcount:
+        raise _missing(resp_id)
+    return json_response({"id": resp_id, "object": "response.deleted", "deleted": True})
+
+
+async def list_input_items(request: Request) -> Response:
+    deps, caller = await _caller(request)
+    row = await _row(deps, caller, request.path_params["response_id"])
+    items = row.input_items
+    return json_response({
+        "object": "list", "data": items, "has_more": False,
+        "first_id": items[0].get("id") if items else None,
+        "last_id": items[-1].get("id") if items else None,
+    })  # fmt: skip
+
+
+async def _caller(request: Request) -> tuple[Deps, Caller]:
+    deps: Deps = request.scope["state"]["deps"]
+    caller = await authenticate(request, deps.keys)
+    return deps, caller
+
+
+async def _row(deps: Deps, caller: Caller, resp_id: str) -> StoredResponse:
+    async with deps.sessions() as session:
+        row: StoredResponse | None = await session.get(
+            StoredResponse, (resp_id, uuid.UUID(caller.workspace_id))
+        )
+    if row is None:
+        raise _missing(resp_id)
+    return row
+
+
+def _missing(resp_id: str) -> NotFound:
+    return NotFound(f"no response {resp_id!r}", param="response_id", code="not_found")
+
+
+async def _history(deps: Deps, caller: Caller, previous: Any) -> list[dict[str, Any]]:
+    """The chat messages of a stored chain up to and including ``previous``'s answer."""
+    if previous is None:
+        return []
+    if not isinstance(previous, str) or not previous:
+        raise BadRequest("previous_response_id: a response id", param="previous_response_id")
+    async with deps.sessions() as session:
+        row = await session.get(StoredResponse, (previous, uuid.UUID(caller.workspace_id)))
+    if row is None:
+        raise NotFound(
+            f"previous response {previous!r} not found (not stored, deleted, or of another "
+            "workspace)", param="previous_response_id", code="not_found",
+        )  # fmt: skip
+    return list(row.conversation) + assistant_messages(row.response.get("output") or [])
+
+
+class _Saver:
+    """Stores a finished response when the request asked for it (``store``, default true)."""
+
+    def __init__(
+        self, deps: Deps, caller: Caller, body: dict[str, Any], conversation: list[Any],
+        resp_id: str,
+    ) -> None:  # fmt: skip
+        self.deps, self.caller, self.body = deps, caller, body
+        self.conversation, self.resp_id = conversation, resp_id
+
+    async def save(self, obj: dict[str, Any]) -> None:
+        if self.body.get("store") is False:
+            return
+        row = StoredResponse(
+            id=self.resp_id, workspace_id=uuid.UUID(self.caller.workspace_id), response=obj,
+            input_items=_input_items(self.body.get("input")), conversation=self.conversation,
+        )  # fmt: skip
+        try:
+            async with self.deps.sessions.begin() as session:
+                session.add(row)
+        except SQLAlchemyError as exc:  # the answer went out; only its retrieval is lost
+            log.error("could not store response %s: %s", self.resp_id, type(exc).__name__)
+
+
+def _input_items(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        value = [{"type": "message", "role": "user",
+                  "content": [{"type": "input_text", "text": value}]}]  # fmt: skip
+    items = []
+    for item in value if isinstance(value, list) else []:
+        item = dict(item)
+        item.setdefault("type", "message")
+        item.setdefault("id", new_id("msg" if item["type"] == "message" else "item"))
+        items.append(item)
+    return items
+
+
+async def _events(
+    chunks: AsyncIterator[bytes], state: StreamState, saved: _Saver
+) -> AsyncIterator[bytes]:
+    """The relayed chat SSE as Responses events; the finished response is stored at the end."""
+    pending = b""
+    try:
+        yield state.start()
+        async for data in chunks:
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            out = b"".join(_event(event, state) for event in events)
+            if out:
+                yield out
+            if state.finished:
+                break
+        if not state.finished:
+            last = state.end()
+            await saved.save(state.final())
+            yield last
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _event(event: bytes, state: StreamState) -> bytes:
+    if state.finished:
+        return b""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return b""  # the stream's end is handled once, after the loop
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict):
+            return state.chunk(chunk)
+    return b""
