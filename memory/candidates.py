@@ -1,4 +1,4 @@
-"""Step 5 (recall), the candidates: every leg's pool, widened, read once, with its features.
+"""Recall's candidates: every leg's pool, widened, read once, with its features.
 
     legs       vector (HNSW), lexical (BM25 over own text + neighbour context), entity (keys)
     prelim     weighted RRF of the legs picks the strongest hits

@@ -1,4 +1,4 @@
-"""Step 5 (recall), the ranking: a logistic model over each candidate's features.
+"""Recall's ranking: a logistic model over each candidate's features.
 
 The weights are fitted, not hand-tuned: ``python -m bench.fit_ranker`` gathers the candidates
 of every question of the LoCoMo dev conversations and of the synthetic set, labels the evidence

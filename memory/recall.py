@@ -1,4 +1,4 @@
-"""Step 5: recall. Hybrid search over one workspace's memory, fused by weighted RRF.
+"""The *recall* stage: hybrid search over one workspace's memory, fused by weighted RRF.
 
 - vector leg: pgvector cosine top-N on the HNSW index, with pgvector 0.8 iterative index
   scans so the workspace (and end-user / thread) filter never starves the result;

@@ -1,4 +1,4 @@
-"""Step 9: remember. New turns and notes become memory items, with their jobs in the outbox.
+"""Remembering (the *finish* stage): new turns and notes become items, their jobs in the outbox.
 
 Clients resend the whole history each turn, so a message's identity in a thread is its
 position among the non-system messages; a thread row (locked per save) records how many are

@@ -34,6 +34,10 @@ from memory.db import run_transaction
 from tests.mock_upstream import MockUpstream
 from workers import catalog
 
+# The job fixtures (a database and Redis of their own, real worker processes), for the worker
+# tests and the CLI's job commands alike.
+pytest_plugins = ["tests.jobs"]
+
 ROOT = Path(__file__).resolve().parents[1]
 MASTER_KEY = "cmgm_test_master_key"
 UPSTREAM_KEY = "sk-upstream-test"

@@ -1,4 +1,4 @@
-"""Step 2 of every metered route: the workspace budget, then the per-key and workspace limits.
+"""Every metered route's *budget and rate limits* stage: the budget, then key and workspace limits.
 
 Chat completions, embeddings and the memory API call ``admit`` after authenticating, so a key
 limited to N requests a minute gets N in all, whichever routes it uses. The token estimate is

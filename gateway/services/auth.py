@@ -1,4 +1,4 @@
-"""Step 1 of a request: the API key → the calling workspace.
+"""The *auth* stage: the API key → the calling workspace.
 
 Keys are looked up by SHA-256 and cached in-process, so a request costs no database round-trip.
 A cached entry lives until a change notice (``gateway/services/notices.py``) drops the cache: a

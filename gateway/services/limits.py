@@ -1,4 +1,4 @@
-"""Step 2: per-key and per-workspace RPM/TPM limits, shared by every replica through Redis.
+"""The *budget and rate limits* stage: per-key and per-workspace RPM/TPM, shared through Redis.
 
 One Lua script per request checks and charges every applicable limit atomically: a sliding
 window estimated from the current and previous fixed minute (the previous minute weighted by

@@ -1,4 +1,4 @@
-"""Step 4: which thread, end user and memory mode a request belongs to.
+"""The *plan memory* stage: which thread, end user and memory mode a request belongs to.
 
 - mode: ``X-Memory: on|off|read|write``, else the workspace's ``memory`` setting, else
   ``CMG_MEMORY_DEFAULT``;

@@ -119,6 +119,24 @@ class ChatRequest:
             raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
 
 
+@dataclass(frozen=True)
+class ForwardBody:
+    """A JSON request forwarded untouched but for its model id (``/v1/embeddings``)."""
+
+    raw: bytes
+    body: dict[str, Any]
+    model: str
+    changed: bool = False
+
+    def with_model(self, model: str) -> ForwardBody:
+        if model == self.model and not self.changed:
+            return self
+        return ForwardBody(self.raw, {**self.body, "model": model}, model, True)
+
+    def payload(self) -> bytes:
+        return orjson.dumps(self.body) if self.changed else self.raw
+
+
 def _check_count(value: Any, param: str, cap: int) -> None:
     if value is None:
         return

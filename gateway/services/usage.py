@@ -1,4 +1,4 @@
-"""Step 10: account. Tokens and cost per request, written in batches; budgets enforced.
+"""Accounting (the *finish* stage): tokens and cost per request, batched; budgets enforced.
 
 Requests append to an in-process buffer; a background task flushes it every
 ``usage_flush_seconds`` in one transaction (raw events + upsert of the daily rollup), so the

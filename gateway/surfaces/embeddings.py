@@ -21,7 +21,7 @@ from gateway.deps import Deps
 from gateway.services.admission import admit
 from gateway.services.auth import Caller, authenticate
 from gateway.services.observe import Observation, observation
-from gateway.services.protocol import ChatRequest, parse_object, read_body, require_model
+from gateway.services.protocol import ForwardBody, parse_object, read_body, require_model
 from gateway.services.usage import Usage
 from gateway.surfaces.chat import model_label, read_json
 from memory.tokens import count_text
@@ -42,7 +42,7 @@ async def embeddings(request: Request) -> Response:
     served = obs.model = route[0].served
     obs.model_label = model_label(deps, served)
     admission = await admit(deps, caller, lambda: input_tokens(body["input"], served))
-    upstream = await deps.providers.send("/embeddings", ChatRequest(raw, body, model, False), route)
+    upstream = await deps.providers.send("/embeddings", ForwardBody(raw, body, model), route)
     obs.provider, obs.attempts = upstream.target.provider.name, upstream.attempts
     payload, parsed = await read_json(upstream)
     prompt = _account(deps, caller, obs, upstream, body["input"], parsed)

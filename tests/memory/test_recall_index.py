@@ -29,8 +29,8 @@ from memory.db import ReadPool
 from memory.ranker import FEATURES, Ranker, RankerError
 from memory.recall import DocCounts, Filters, lexical_leg
 from tests.conftest import Services, Tenant, clean_env, make_tenant, own_database, run_db
+from tests.gateway.surfaces.test_memory_api import add, api, search
 from tests.memory.test_chat_memory import chat, wait_embedded
-from tests.memory.test_memory_api import add, api, search
 
 pytestmark = pytest.mark.usefixtures("worker")
 

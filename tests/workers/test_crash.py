@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from memory.schema import OutboxRow
 from tests.conftest import ROOT, Services, stop_group
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     embedded_count,
     expected_term_stats,

@@ -17,7 +17,7 @@ from memory.embedder import LOCAL_MODEL, LocalMiniLM, document_text
 from memory.outbox import EMBED, Enqueue, OutboxRelay, backlog_sync, enqueue
 from memory.schema import MemoryItem, OutboxRow
 from tests.conftest import Services
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     burst,
     embedded_count,

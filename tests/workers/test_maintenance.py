@@ -17,8 +17,7 @@ from memory.embedder import LocalMiniLM
 from memory.outbox import MAINTENANCE, Enqueue, enqueue
 from memory.schema import CatalogModel, Injection, MemoryItem, StoredResponse, Thread
 from tests.conftest import Services
-from tests.mock_upstream import MockUpstream
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     burst,
     expected_term_stats,
@@ -26,6 +25,7 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
+from tests.mock_upstream import MockUpstream
 from workers import vectors
 
 

@@ -16,7 +16,7 @@ from memory.db import async_engine, sessionmaker
 from memory.outbox import OutboxRelay, backlog
 from memory.schema import OutboxRow
 from tests.conftest import Services
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     burst,
     embedded_count,

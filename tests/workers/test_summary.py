@@ -20,8 +20,7 @@ from memory.outbox import SUMMARIZE, record
 from memory.schema import MemoryItem, Thread
 from memory.tokens import count_text
 from tests.conftest import Services
-from tests.mock_upstream import MockUpstream, Reply
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     burst,
     expected_term_stats,
@@ -30,6 +29,7 @@ from tests.workers.conftest import (
     term_stats,
     worker_env,
 )
+from tests.mock_upstream import MockUpstream, Reply
 from workers import jobs, summary
 
 CONVERSATION = [

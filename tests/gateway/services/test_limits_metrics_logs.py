@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import local_services
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env
-from tests.gateway.test_errors import assert_error_shape
+from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
 USER = [{"role": "user", "content": "count me"}]

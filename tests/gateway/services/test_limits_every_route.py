@@ -16,7 +16,7 @@ from redis.exceptions import AuthenticationError
 
 from gateway.ops import local_services
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, make_tenant
-from tests.gateway.test_errors import assert_error_shape
+from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
 METRICS_TOKEN = "metrics-token-for-tests"

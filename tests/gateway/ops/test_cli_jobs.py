@@ -24,7 +24,7 @@ from memory.embedder import LOCAL_MODEL, LocalMiniLM
 from memory.outbox import backlog_sync
 from memory.schema import MemoryItem, OutboxRow, Workspace
 from tests.conftest import ROOT, Services
-from tests.workers.conftest import (
+from tests.jobs import (
     add_items,
     cmg,
     expected_term_stats,

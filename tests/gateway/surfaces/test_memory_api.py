@@ -9,7 +9,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import Services, Tenant, make_tenant, run_db
-from tests.gateway.test_errors import assert_error_shape
+from tests.gateway.surfaces.test_errors import assert_error_shape
 
 pytestmark = pytest.mark.usefixtures("worker")
 

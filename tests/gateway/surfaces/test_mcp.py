@@ -18,8 +18,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Gateway, Services, Tenant, make_tenant
-from tests.gateway.test_auth import admin
-from tests.memory.test_memory_api import add, api
+from tests.gateway.services.test_auth import admin
+from tests.gateway.surfaces.test_memory_api import add, api
 
 pytestmark = pytest.mark.usefixtures("worker")
 T = TypeVar("T")
@@ -223,7 +223,7 @@ def test_tool_calls_are_rate_limited_and_counted(
 
 
 def test_cmg_mcp_prints_a_config_that_a_client_can_use(gateway: Gateway, tenant: Tenant) -> None:
-    from tests.gateway.test_cli import cmg
+    from tests.gateway.ops.test_cli import cmg
 
     printed = cmg(gateway, "mcp", "--key", tenant.key, "--url", gateway.url + "/mcp")
     assert printed.returncode == 0, printed.stderr

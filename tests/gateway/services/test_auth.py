@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from memory.schema import ApiKey
 from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant, run_db
-from tests.gateway.test_errors import assert_error_shape
+from tests.gateway.surfaces.test_errors import assert_error_shape
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -1,4 +1,6 @@
-"""Worker tests: memory written as the gateway writes it, jobs run by real ``cmg worker`` processes.
+"""Job fixtures: memory written as the gateway writes it, jobs run by real ``cmg worker`` processes.
+
+Used by ``tests/workers/`` and the CLI's job commands (``tests/gateway/ops/test_cli_jobs.py``).
 
 Items are inserted unembedded with their outbox row in the same transaction (what
 ``memory/store.py`` does); the relay or ``push_outbox`` puts them on real Redis; a real

@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import Gateway, Services, Tenant, make_tenant
-from tests.gateway.test_auth import admin
+from tests.gateway.services.test_auth import admin
 from tests.memory.test_chat_memory import sent_memory, wait_embedded
 from tests.mock_upstream import MockUpstream, Reply
 

@@ -16,7 +16,7 @@ from core.providers.config import Provider, ProviderConfig
 from core.providers.router import Router
 from memory import tokens
 from tests.conftest import MASTER_KEY, Gateway, Tenant
-from tests.gateway.test_errors import assert_error_shape
+from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
 USER = [{"role": "user", "content": "count me"}]
