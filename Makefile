@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint check bench bench-cache eval soak venv clean
+.PHONY: run test lint check bench bench-cache bench-surfaces eval soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench: venv
 
 bench-cache: venv
 	$(BIN)/python -m bench.prompt_cache
+
+bench-surfaces: venv
+	$(BIN)/python -m bench.surfaces
 
 eval: venv
 	$(BIN)/python -m bench.recall_eval

@@ -21,6 +21,7 @@ from gateway.services.auth import KeyCache
 from gateway.services.catalog import Catalog
 from gateway.services.limits import Limiter
 from gateway.services.notices import Notices
+from gateway.services.stored_responses import ResponseStore
 from gateway.services.usage import UsageRecorder
 from gateway.services.workspaces import KeyRecord, find_key
 from memory.db import ReadPool, async_engine, sessionmaker
@@ -45,6 +46,7 @@ class Deps:
     limiter: Limiter
     usage: UsageRecorder
     notices: Notices
+    responses: ResponseStore
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -74,6 +76,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         summary_threshold=settings.summary_threshold_tokens,
         ranker=ranker,
     )
+    reads = ReadPool(settings.database_url)
     deps = Deps(
         settings=settings,
         engine=engine,
@@ -83,10 +86,11 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         router=Router(provider_config.load(settings)),
         providers=providers,
         catalog=Catalog(sessions),
-        memory=Memory(sessions, ReadPool(settings.database_url), embedder, knobs, relay),
+        memory=Memory(sessions, reads, embedder, knobs, relay),
         limiter=Limiter(settings.redis_url, fail_open=settings.ratelimit_fail_open),
         usage=UsageRecorder(sessions, settings.usage_flush_seconds),
         notices=notices,
+        responses=ResponseStore(reads),
     )
     notices.on("api_keys", deps.keys.forget)
     notices.on("workspaces", deps.keys.forget)  # cached callers carry their workspace's settings
@@ -105,6 +109,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
         )
         deps.tasks.append(asyncio.create_task(relay.run_forever(settings.outbox_interval)))
         deps.tasks.append(asyncio.create_task(deps.usage.run_forever()))
+        deps.tasks.append(asyncio.create_task(deps.responses.run_forever()))
         deps.tasks.append(asyncio.create_task(sample_forever(deps.redis, deps.sessions)))
         deps.tasks.append(asyncio.create_task(lag.watch_loop()))
         # Everything loaded so far (models, encodings, SQLAlchemy, routes) lives as long as the
@@ -118,6 +123,7 @@ async def build(settings: Settings) -> AsyncIterator[Deps]:
             task.cancel()
         await asyncio.gather(*deps.tasks, return_exceptions=True)
         await deps.usage.close()
+        await deps.responses.flush()  # the last group
         await deps.limiter.close()
         await relay.close()
         await providers.close()

@@ -43,8 +43,8 @@ def table(mcp: Any) -> list[Row]:
     """Every route; ``mcp`` is the app's own MCP endpoint (its transport lives in the lifespan)."""
     return [
         Row(("POST",), "/v1/chat/completions", chat_completions, "chat", direct=True),
-        Row(("POST",), "/v1/messages", messages, "messages"),
-        Row(("POST",), "/v1/responses", responses.create_response, "responses"),
+        Row(("POST",), "/v1/messages", messages, "messages", direct=True),
+        Row(("POST",), "/v1/responses", responses.create_response, "responses", direct=True),
         Row(("GET",), "/v1/responses/{response_id}", responses.get_response, "responses"),
         Row(("DELETE",), "/v1/responses/{response_id}", responses.delete_response, "responses"),
         Row(

@@ -93,6 +93,16 @@ catalog = false
 retries = 1
 
 [[provider]]
+name = "native"
+base_url = "{mock.base_url}"
+api_key_env = "ALT_KEY"
+prefix = "native/"
+catalog = false
+retries = 1
+responses = "native"
+messages = "native"
+
+[[provider]]
 name = "dead"
 base_url = "http://127.0.0.1:{dead}/v1"
 prefix = "dead/"
@@ -105,6 +115,7 @@ fast = "mock/gpt"
 [fallback]
 "alt/flaky" = ["alt/backup"]
 "dead/model" = ["mock/gpt"]
+"native/mixed" = ["mock/gpt"]
 """
     )
     return path

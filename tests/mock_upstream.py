@@ -154,6 +154,7 @@ class MockUpstream:
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Reply]] = {}
         self._ids = itertools.count(1)
+        self.responses: dict[str, JSON] = {}  # what /v1/responses created, by id (its own store)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -297,6 +298,10 @@ class MockUpstream:
         method, path = request.method, request.path
         if (method, path) == ("POST", "/v1/chat/completions"):
             return await self._chat(request, recorded)
+        if (method, path) == ("POST", "/v1/responses"):
+            return await self._responses(request, recorded)
+        if (method, path) == ("POST", "/v1/messages"):
+            return await _messages(request, recorded)
         if (method, path) == ("POST", "/v1/embeddings"):
             return await _send_json(request, recorded, *_embeddings(recorded.json))
         if (method, path) == ("GET", "/v1/models"):
@@ -324,6 +329,26 @@ class MockUpstream:
             return await _send_json(request, recorded, 200, _completion(plan))
         events = [(0.0, _sse(chunk)) for chunk in _chunks(plan)]
         return await _stream(request, recorded, [*events, (0.0, b"data: [DONE]\n\n")])
+
+    async def _responses(self, request: web.Request, recorded: Recorded) -> web.StreamResponse:
+        """OpenAI's Responses API, as a provider that serves it natively: ``echo: <the first text
+        part of the latest user item>`` or a call of the first function tool; ``store`` honoured
+        and ``previous_response_id`` checked against what it stored."""
+        body = recorded.json
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return await _send_json(request, recorded, 400, _error_body(400, param="model"))
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.responses:
+            message = f"Previous response with id '{previous}' not found."
+            error = _error_body(400, message, param="previous_response_id", code=None)
+            return await _send_json(request, recorded, 400, error)
+        resp_id = f"resp_mock{next(self._ids):06d}"
+        response = _response_object(resp_id, body)
+        if body.get("store", True):
+            self.responses[resp_id] = response
+        if not body.get("stream"):
+            return await _send_json(request, recorded, 200, response)
+        return await _stream(request, recorded, [(0.0, e) for e in _response_events(response)])
 
     async def _scripted(
         self, request: web.Request, recorded: Recorded, reply: Reply
@@ -581,6 +606,153 @@ def _words(text: str) -> int:
 
 def _has_content(chunk: JSON) -> bool:
     return any(c["delta"].get("content") for c in chunk["choices"])
+
+
+# --- the Responses API, served natively ---
+
+
+def _response_object(resp_id: str, body: JSON) -> JSON:
+    items = body.get("input")
+    items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+    user = [i for i in items if isinstance(i, dict) and i.get("role") == "user"]
+    text = _first_text(user[-1].get("content"), "input_text") if user else ""
+    tools = [
+        t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    if tools and body.get("tool_choice") != "none":
+        output = [{"type": "function_call", "id": f"fc_{resp_id}", "call_id": f"call_{resp_id}",
+                   "name": tools[0].get("name", "tool"), "arguments": _TOOL_ARGUMENTS,
+                   "status": "completed"}]  # fmt: skip
+        out_words = 5
+    else:
+        part = {"type": "output_text", "text": f"echo: {text}", "annotations": [], "logprobs": []}
+        output = [{"type": "message", "id": f"msg_{resp_id}", "status": "completed",
+                   "role": "assistant", "content": [part]}]  # fmt: skip
+        out_words = _words(f"echo: {text}")
+    in_words = max(1, sum(_words(_first_text(i.get("content"), "input_text")) for i in user))
+    return {
+        "id": resp_id, "object": "response", "created_at": int(time.time()),
+        "status": "completed", "error": None, "incomplete_details": None,
+        "instructions": body.get("instructions"), "max_output_tokens": None,
+        "model": body["model"], "output": output, "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"), "store": body.get("store", True),
+        "temperature": 1.0, "top_p": 1.0, "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [], "metadata": body.get("metadata") or {},
+        "text": {"format": {"type": "text"}}, "truncation": "disabled",
+        "usage": {"input_tokens": in_words, "output_tokens": out_words,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": in_words + out_words},
+    }  # fmt: skip
+
+
+def _response_events(response: JSON) -> list[bytes]:
+    """The event sequence OpenAI streams for ``response``: created, each item, completed."""
+    started = {k: v for k, v in response.items() if k != "usage"}
+    events: list[JSON] = [
+        {"type": "response.created", "response": {**started, "status": "in_progress", "output": []}}
+    ]
+    for index, item in enumerate(response["output"]):
+        events.append({"type": "response.output_item.added", "output_index": index,
+                       "item": {**item, "status": "in_progress"}})  # fmt: skip
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            empty = {**item["content"][0], "text": ""}
+            events.append({"type": "response.content_part.added", **where, "part": empty})
+            for piece in _split(text, 4):
+                events.append({"type": "response.output_text.delta", **where, "delta": piece,
+                               "logprobs": []})  # fmt: skip
+            events.append({"type": "response.output_text.done", **where, "text": text,
+                           "logprobs": []})  # fmt: skip
+            events.append({"type": "response.content_part.done", **where,
+                           "part": item["content"][0]})  # fmt: skip
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return [
+        f"event: {e['type']}\n".encode() + _sse({**e, "sequence_number": n})
+        for n, e in enumerate(events)
+    ]
+
+
+# --- Anthropic's Messages API, served natively ---
+
+
+async def _messages(request: web.Request, recorded: Recorded) -> web.StreamResponse:
+    """``echo: <the first text block of the latest user message>``, or a ``tool_use`` of the
+    first tool; errors in Anthropic's shape."""
+    body = recorded.json
+    if not isinstance(body, dict) or not isinstance(body.get("max_tokens"), int):
+        error = {"type": "error", "error": {"type": "invalid_request_error",
+                                            "message": "max_tokens: Field required"}}  # fmt: skip
+        return await _send_json(request, recorded, 400, error)
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    user = [m for m in messages if m.get("role") == "user"]
+    text = _first_text(user[-1].get("content"), "text") if user else ""
+    msg_id = f"msg_mock{uuid.uuid4().hex[:12]}"
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {}
+    if tools and choice.get("type") != "none":
+        block = {"type": "tool_use", "id": f"toolu_{msg_id}", "name": tools[0].get("name", "tool"),
+                 "input": orjson.loads(_TOOL_ARGUMENTS)}  # fmt: skip
+        stop, out_words = "tool_use", 5
+    else:
+        block = {"type": "text", "text": f"echo: {text}"}
+        stop, out_words = "end_turn", _words(block["text"])
+    in_words = max(1, sum(_words(_first_text(m.get("content"), "text")) for m in user))
+    usage = {"input_tokens": in_words, "output_tokens": out_words,
+             "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}  # fmt: skip
+    message = {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "content": [block],
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        return await _send_json(request, recorded, 200, message)
+    return await _stream(request, recorded, [(0.0, e) for e in _message_events(message)])
+
+
+def _message_events(message: JSON) -> list[bytes]:
+    block = message["content"][0]
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {**message["usage"], "output_tokens": 1}}  # fmt: skip
+    opened: JSON
+    if block["type"] == "text":
+        opened = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in _split(block["text"], 4)]
+    else:
+        opened = {**block, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": p}
+                  for p in _split(_TOOL_ARGUMENTS, 3)]  # fmt: skip
+    events: list[tuple[str, JSON]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": opened}),
+        ("ping", {"type": "ping"}),
+        *(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+          for d in deltas),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                           "usage": {"output_tokens": message["usage"]["output_tokens"]}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    return [f"event: {name}\n".encode() + _sse(data) for name, data in events]
+
+
+def _first_text(content: Any, kind: str) -> str:
+    """A content's own words: the string, or its first ``kind`` part (a gateway may append its
+    reference data as a later part of the same message)."""
+    if isinstance(content, str):
+        return content
+    parts = [p for p in content if isinstance(p, dict) and p.get("type") == kind] if isinstance(
+        content, list) else []  # fmt: skip
+    return str(parts[0].get("text", "")) if parts else ""
 
 
 # --- embeddings ---

@@ -42,6 +42,8 @@ from multidict import CIMultiDict
 from core.settings import Settings
 
 FORMS = ("user", "system")  # where a provider takes recalled memory (memory/context.py)
+MODES = ("translate", "native")  # how /v1/responses and /v1/messages reach a provider
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Provider:
     headers: Mapping[str, str] = field(default_factory=dict)
     memory_placement: str = "user"
     cache_control: bool = False
+    responses: str = "translate"  # "native": the provider serves /responses itself
+    messages: str = "translate"  # "native": the provider serves Anthropic's /messages itself
 
     # Built once per provider (providers are immutable), not once per request.
     @functools.cached_property
@@ -65,6 +69,16 @@ class Provider:
         headers = CIMultiDict({"Content-Type": "application/json", **self.headers})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    @functools.cached_property
+    def messages_headers(self) -> CIMultiDict[str]:
+        """Anthropic's own headers for a native ``/messages`` call: the key as ``x-api-key``
+        too, and an ``anthropic-version`` unless the providers file sets one."""
+        headers = CIMultiDict(self.request_headers)
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
         return headers
 
     @functools.cached_property
@@ -147,12 +161,20 @@ def _provider(entry: Any, settings: Settings, env: Mapping[str, str]) -> Provide
             entry.get("memory_placement", settings.memory_placement), "memory_placement"
         ),
         cache_control=_flag(entry.get("cache_control", settings.cache_control), "cache_control"),
+        responses=_mode(entry.get("responses", "translate"), f"{where} responses"),
+        messages=_mode(entry.get("messages", "translate"), f"{where} messages"),
     )
 
 
 def _placement(value: Any, where: str) -> str:
     if value not in FORMS:
         raise ConfigError(f"{where} must be one of {', '.join(FORMS)}, not {value!r}")
+    return str(value)
+
+
+def _mode(value: Any, where: str) -> str:
+    if value not in MODES:
+        raise ConfigError(f"{where} must be one of {', '.join(MODES)}, not {value!r}")
     return str(value)
 
 

@@ -72,6 +72,10 @@ class StreamTap:
     def text(self, index: int = 0) -> str:
         return "".join(self.texts.get(index, ()))
 
+    def error_event(self, message: str, type: str, code: str | None) -> bytes:
+        """An error as this stream's own kind of event (chat completions: an ``error`` chunk)."""
+        return sse_error(message, type, code)
+
 
 class EventStream(Response):
     """An SSE response sent straight over ASGI.
@@ -162,7 +166,7 @@ async def relay(
                 continue
             out, bad = _check(events, tap)
             if bad:
-                yield out + _MALFORMED
+                yield out + _malformed(tap)
                 return
             if tap.done and on_end is not None and not ended:
                 ended = True
@@ -175,7 +179,7 @@ async def relay(
         tail = splitter.rest()
         if tail:
             out, bad = _check([tail], tap)
-            yield out if not bad else _MALFORMED
+            yield out if not bad else _malformed(tap)
         if on_end is not None and not ended:
             ended = True
             failure = await _finish(on_end, tap)
@@ -184,7 +188,7 @@ async def relay(
     except (aiohttp.ClientError, TimeoutError) as exc:
         tap.error = {"message": type(exc).__name__}
         metrics.UPSTREAM_ERRORS.labels(upstream.target.provider.name, "stream").inc()
-        yield sse_error(
+        yield tap.error_event(
             f"the provider stream broke off: {type(exc).__name__}", "upstream_error", "stream_error"
         )
     finally:
@@ -199,11 +203,14 @@ async def _finish(on_end: OnEnd, tap: StreamTap) -> bytes:
     try:
         await on_end(tap)
     except GatewayError as exc:
-        return sse_error(exc.message, exc.type, exc.code)
+        return tap.error_event(exc.message, exc.type, exc.code)
     return b""
 
 
-_MALFORMED = sse_error("provider sent a malformed stream event", "upstream_error", "bad_sse")
+def _malformed(tap: StreamTap) -> bytes:
+    return tap.error_event("provider sent a malformed stream event", "upstream_error", "bad_sse")
+
+
 _PENDING: set[asyncio.Task[None]] = set()
 
 

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from core import metrics
 from core.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
-from core.providers.client import Upstream
+from core.providers.client import Payload, Upstream
 from core.providers.router import Target
 from core.settings import Settings
 from gateway.deps import Deps
@@ -37,6 +37,7 @@ from gateway.services.observe import Observation, observation
 from gateway.services.protocol import ChatRequest, read_body
 from gateway.services.streaming import EventStream, StreamTap, answer, relay
 from gateway.services.usage import Usage
+from gateway.surfaces.native import Native
 from memory.offload import offload
 from memory.service import Recalled
 from memory.store import message_text
@@ -74,13 +75,14 @@ class Completion:
 
 async def complete(
     request: Request, deps: Deps, caller: Caller, chat: ChatRequest, started: float,
-    *, route_label: str = "chat",
+    *, route_label: str = "chat", native: Native | None = None,
 ) -> Completion:  # fmt: skip
     """Stages 3-9 for any surface that speaks (or translates to) chat completions.
 
     caps → route → budget and limits → plan memory → recall + inject + fit → forward → relay
     (JSON or SSE) → finish: remember the turn and account it under ``route_label``. Chat
-    completions, and the Messages surface after translating its request, both call this.
+    completions, Responses and Messages all call this; with ``native`` (``native.py``) the
+    forward and the relay use the surface's own format, and ``chat`` still drives the rest.
     """
     obs = observation(request)
     chat.check_caps(*caps_for(caller, deps.settings))
@@ -96,12 +98,15 @@ async def complete(
     if recalled is not None:
         obs.memory_items, obs.memory_tokens = _injected_count(recalled), recalled.injected.tokens
         obs.recall_s = recalled.timings.get("recall")
-    forwarded = (
+    forwarded: Payload = (
         chat.with_messages(recalled.messages)
         if recalled and recalled.messages != chat.messages
         else chat
     )
-    upstream = await deps.providers.send("/chat/completions", forwarded, route)
+    path = "/chat/completions"
+    if native is not None:
+        forwarded, path = native.payload(chat.model, recalled), native.path
+    upstream = await deps.providers.send(path, forwarded, route)
     obs.provider, obs.attempts = upstream.target.provider.name, upstream.attempts
     obs.fallback = upstream.target is not route[0]
     turn = Turn(deps, caller, plan, chat, recalled, admission, upstream, obs, route_label)
@@ -111,12 +116,15 @@ async def complete(
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        stream = relay(upstream, StreamTap(), turn.finish_stream)
+        tap = native.tap if native is not None else StreamTap()
+        stream = relay(upstream, tap, turn.finish_stream)
         return Completion(upstream.response.status, headers, stream=stream)
     body, parsed = await read_json(upstream)
-    await turn.finish(
-        _first_message(parsed), parsed.get("usage") if isinstance(parsed, dict) else None
-    )
+    if native is not None:
+        await turn.finish(*native.answer(parsed))
+    else:
+        usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        await turn.finish(_first_message(parsed), usage)
     headers["X-Gateway-Overhead-Ms"] = _ms(time.perf_counter() - started - (obs.upstream_s or 0.0))
     return Completion(upstream.response.status, headers, body=body, parsed=parsed)
 

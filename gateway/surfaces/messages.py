@@ -4,7 +4,9 @@
 accepted and not needed) → 2 parse and translate to a chat-completions body
 (``messages_translate.to_chat``) → stages 3-9 of ``chat.complete`` (limits, memory, forward,
 relay, capture, usage under the route ``messages``) → the answer translated back: a Message, or
-Anthropic's SSE event sequence. Memory is placed as for chat (``CMG_MEMORY_PLACEMENT``).
+Anthropic's SSE event sequence. Memory is placed as for chat (``CMG_MEMORY_PLACEMENT``). A route
+whose providers all serve ``/messages`` (``messages = "native"``) gets the body as sent instead,
+memory placed in it (``native.py``), and the provider's answer as it wrote it.
 Every error on this route has Anthropic's shape, ``{"type": "error", "error": {"type",
 "message"}}``, with the status chat completions would give.
 """
@@ -27,6 +29,7 @@ from gateway.services.protocol import ChatRequest, parse_object, read_body
 from gateway.services.streaming import EventStream
 from gateway.surfaces.chat import complete
 from gateway.surfaces.messages_translate import StreamState, error_body, to_chat, to_message
+from gateway.surfaces.native import MessagesTap, Native, is_native, messages_answer, place_messages
 from memory.offload import offload
 
 
@@ -49,6 +52,14 @@ async def _messages(request: Request) -> Response:
     raw = await read_body(request, deps.settings.max_body_bytes)
     body = await offload(len(raw), parse_object, raw)
     chat = ChatRequest.parse(orjson.dumps(to_chat(body)))
+    if is_native(deps.router.route(chat.model), "messages"):
+        native = Native("/messages", body, place_messages, MessagesTap(), messages_answer)
+        done = await complete(
+            request, deps, caller, chat, started, route_label="messages", native=native
+        )
+        if done.stream is not None:
+            return EventStream(done.stream, done.status, done.headers)
+        return Response(done.body, done.status, done.headers, media_type="application/json")
     done = await complete(request, deps, caller, chat, started, route_label="messages")
     if done.stream is not None:
         state = StreamState(chat.model, f"msg_{uuid.uuid4().hex}")

@@ -6,12 +6,14 @@ to a chat-completions body (``responses_translate.to_chat``) → stages 3-9 of `
 object, or the Responses event stream; stored (``store``, default true) for retrieval and for
 the next turn of the chain. A chain is one memory thread: each turn resends the conversation
 from its first message, so the thread fingerprint (or ``X-Thread-Id``) stays the same.
-Every provider is reached through the translation (no native pass-through yet).
+A route whose providers all serve ``/responses`` (``responses = "native"``) gets the body as sent
+instead, memory placed in it (``native.py``); the Response comes back as the provider wrote it and
+is stored under the provider's id, and ``previous_response_id`` is forwarded as is, once this
+workspace's store has vouched for it (the provider's store is shared by every workspace).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +21,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,8 +29,16 @@ from gateway.deps import Deps
 from gateway.services.auth import Caller, authenticate
 from gateway.services.observe import observation
 from gateway.services.protocol import ChatRequest, parse_object, read_body
+from gateway.services.stored_responses import Stored
 from gateway.services.streaming import EventStream
 from gateway.surfaces.chat import complete
+from gateway.surfaces.native import (
+    Native,
+    ResponsesTap,
+    is_native,
+    place_responses,
+    responses_answer,
+)
 from gateway.surfaces.responses_translate import (
     StreamState,
     assistant_messages,
@@ -41,8 +50,6 @@ from gateway.surfaces.responses_translate import (
 )
 from memory.offload import offload
 from memory.schema import StoredResponse
-
-log = logging.getLogger("cmg.responses")
 
 
 async def create_response(request: Request) -> Response:
@@ -56,6 +63,8 @@ async def create_response(request: Request) -> Response:
     history = await _history(deps, caller, body.get("previous_response_id"))
     chat_body, conversation = to_chat(body, history)
     chat = ChatRequest.parse(orjson.dumps(chat_body))
+    if is_native(deps.router.route(chat.model), "responses"):
+        return await _native(request, deps, caller, body, chat, conversation, started)
     done = await complete(request, deps, caller, chat, started, route_label="responses")
     resp_id, created = new_id("resp"), int(time.time())
     saved = _Saver(deps, caller, body, conversation, resp_id)
@@ -70,8 +79,41 @@ async def create_response(request: Request) -> Response:
     obj = response_object(
         resp_id, body, output_items(message), "completed", usage(chat_usage), created
     )
-    await saved.save(obj)
+    saved.save(obj)
     return json_response(obj, done.status, done.headers)
+
+
+async def _native(
+    request: Request, deps: Deps, caller: Caller, body: dict[str, Any], chat: ChatRequest,
+    conversation: list[Any], started: float,
+) -> Response:  # fmt: skip
+    """The body as sent (memory placed) to a provider that serves ``/responses``; its Response
+    (or events) relayed as is, and stored under the provider's id for the next turn."""
+    tap = ResponsesTap()
+    native = Native("/responses", body, place_responses, tap, responses_answer)
+    done = await complete(
+        request, deps, caller, chat, started, route_label="responses", native=native
+    )
+    saved = _Saver(deps, caller, body, conversation)
+    if done.stream is not None:
+        return EventStream(_stored_at_end(done.stream, tap, saved), done.status, done.headers)
+    if done.status < 400 and isinstance(done.parsed, dict):
+        saved.save(done.parsed)
+    return Response(done.body, done.status, done.headers, media_type="application/json")
+
+
+async def _stored_at_end(
+    chunks: AsyncIterator[bytes], tap: ResponsesTap, saved: _Saver
+) -> AsyncIterator[bytes]:
+    """Relayed events; the finished Response is stored before the event that carries it goes
+    out, so a client chaining on ``response.completed`` finds it."""
+    try:
+        async for data in chunks:
+            if tap.final is not None and not saved.done:
+                saved.save(tap.final)
+            yield data
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def get_response(request: Request) -> Response:
@@ -112,11 +154,8 @@ async def _caller(request: Request) -> tuple[Deps, Caller]:
     return deps, caller
 
 
-async def _row(deps: Deps, caller: Caller, resp_id: str) -> StoredResponse:
-    async with deps.sessions() as session:
-        row: StoredResponse | None = await session.get(
-            StoredResponse, (resp_id, uuid.UUID(caller.workspace_id))
-        )
+async def _row(deps: Deps, caller: Caller, resp_id: str) -> Stored:
+    row = await deps.responses.get(caller.workspace_id, resp_id)
     if row is None:
         raise _missing(resp_id)
     return row
@@ -132,8 +171,7 @@ async def _history(deps: Deps, caller: Caller, previous: Any) -> list[dict[str, 
         return []
     if not isinstance(previous, str) or not previous:
         raise BadRequest("previous_response_id: a response id", param="previous_response_id")
-    async with deps.sessions() as session:
-        row = await session.get(StoredResponse, (previous, uuid.UUID(caller.workspace_id)))
+    row = await deps.responses.get(caller.workspace_id, previous)
     if row is None:
         raise NotFound(
             f"previous response {previous!r} not found (not stored, deleted, or of another "
@@ -143,27 +181,25 @@ async def _history(deps: Deps, caller: Caller, previous: Any) -> list[dict[str, 
 
 
 class _Saver:
-    """Stores a finished response when the request asked for it (``store``, default true)."""
+    """Stores a finished response when the request asked for it (``store``, default true),
+    through the grouped writer (``gateway/services/stored_responses.py``)."""
 
     def __init__(
         self, deps: Deps, caller: Caller, body: dict[str, Any], conversation: list[Any],
-        resp_id: str,
+        resp_id: str | None = None,
     ) -> None:  # fmt: skip
         self.deps, self.caller, self.body = deps, caller, body
         self.conversation, self.resp_id = conversation, resp_id
+        self.done = False
 
-    async def save(self, obj: dict[str, Any]) -> None:
-        if self.body.get("store") is False:
+    def save(self, obj: dict[str, Any]) -> None:
+        """Store ``obj`` under our id, or the provider's (native mode); once per request."""
+        resp_id = self.resp_id or obj.get("id")
+        if self.done or self.body.get("store") is False or not isinstance(resp_id, str):
             return
-        row = StoredResponse(
-            id=self.resp_id, workspace_id=uuid.UUID(self.caller.workspace_id), response=obj,
-            input_items=_input_items(self.body.get("input")), conversation=self.conversation,
-        )  # fmt: skip
-        try:
-            async with self.deps.sessions.begin() as session:
-                session.add(row)
-        except SQLAlchemyError as exc:  # the answer went out; only its retrieval is lost
-            log.error("could not store response %s: %s", self.resp_id, type(exc).__name__)
+        self.done = True
+        stored = Stored(obj, _input_items(self.body.get("input")), self.conversation)
+        self.deps.responses.add(self.caller.workspace_id, resp_id, stored)
 
 
 def _input_items(value: Any) -> list[dict[str, Any]]:
@@ -196,7 +232,7 @@ async def _events(
                 break
         if not state.finished:
             last = state.end()
-            await saved.save(state.final())
+            saved.save(state.final())
             yield last
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
