@@ -141,10 +141,14 @@ def answer(tap: StreamTap) -> dict[str, Any] | None:
         }
         for _, c in sorted(tap.tool_calls.get(0, {}).items())
     ]
-    content = tap.text(0)
-    if not content and not calls:
+    return assistant_message(tap.text(0), calls)
+
+
+def assistant_message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer as memory keeps it (None when it said nothing)."""
+    if not text and not calls:
         return None
-    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
     return message

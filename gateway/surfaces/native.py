@@ -24,7 +24,7 @@ import orjson
 
 from core.providers.router import Target
 from gateway.services.protocol import ForwardBody
-from gateway.services.streaming import StreamTap
+from gateway.services.streaming import StreamTap, assistant_message
 from memory.service import Recalled
 
 Answer = tuple[dict[str, Any] | None, dict[str, Any] | None]  # (assistant message, chat usage)
@@ -130,7 +130,7 @@ def responses_answer(obj: Any) -> Answer:
                     text.append(part["text"])
         elif item.get("type") == "function_call":
             calls.append(_call(item.get("call_id"), item.get("name"), item.get("arguments")))
-    return _message("".join(text), calls), responses_usage(obj.get("usage"))
+    return assistant_message("".join(text), calls), responses_usage(obj.get("usage"))
 
 
 class ResponsesTap(StreamTap):
@@ -212,7 +212,7 @@ def messages_answer(message: Any) -> Answer:
         elif block.get("type") == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append(_call(block.get("id"), block.get("name"), arguments))
-    return _message("".join(text), calls), messages_usage(message.get("usage"))
+    return assistant_message("".join(text), calls), messages_usage(message.get("usage"))
 
 
 class MessagesTap(StreamTap):
@@ -288,12 +288,3 @@ def _call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
         "type": "function",
         "function": {"name": str(name or ""), "arguments": str(arguments or "{}")},
     }
-
-
-def _message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not text and not calls:
-        return None
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
-    if calls:
-        message["tool_calls"] = calls
-    return message
