@@ -84,6 +84,16 @@ class Settings:
     retry_max_delay: float = _s(
         "CMG_RETRY_MAX_DELAY", "Longest wait before a retry, Retry-After included.", 8.0
     )
+    console: bool = _s(
+        "CMG_CONSOLE",
+        "Serve the web console under `/ui` (sign-in with the master or a workspace key).",
+        True,
+    )
+    console_session_seconds: float = _s(
+        "CMG_CONSOLE_SESSION_SECONDS",
+        "How long a console sign-in lasts (server-side session).",
+        28800.0,
+    )
     auth_cache_seconds: float = _s(
         "CMG_AUTH_CACHE_SECONDS",
         "Fallback lifetime of a cached key while change notices are down (else a notice drops it).",

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from core import metrics
 from gateway.admin import api as admin
 from gateway.admin import health
+from gateway.console import pages as console
 from gateway.surfaces import embeddings, memory_api, models, responses, usage
 from gateway.surfaces.chat import chat_completions
 from gateway.surfaces.messages import messages
@@ -71,6 +72,19 @@ def table(mcp: Any) -> list[Row]:
         Row(("GET",), "/healthz", health.healthz, "health"),
         Row(("GET",), "/metrics", metrics.metrics, "metrics"),
         Row(("GET",), "/readyz", health.readyz, "health"),
+        Row(("GET",), "/ui", console.overview, "console"),
+        Row(("GET",), "/ui/login", console.login_form, "console"),
+        Row(("POST",), "/ui/login", console.login, "console"),
+        Row(("POST",), "/ui/logout", console.logout, "console"),
+        Row(("GET",), "/ui/keys", console.keys, "console"),
+        Row(("POST",), "/ui/keys", console.create_key, "console"),
+        Row(("POST",), "/ui/keys/revoke", console.revoke_key, "console"),
+        Row(("GET",), "/ui/memory", console.memory, "console"),
+        Row(("GET",), "/ui/thread", console.thread, "console"),
+        Row(("POST",), "/ui/thread/delete", console.delete_thread, "console"),
+        Row(("GET",), "/ui/search", console.search, "console"),
+        Row(("GET",), "/ui/request", console.request_view, "console"),
+        Row(("GET",), "/ui/static/console.css", console.stylesheet, "console"),
         Row(("GET",), "/admin/workspaces", admin.list_workspaces, "admin"),
         Row(("POST",), "/admin/workspaces", admin.create_workspace, "admin"),
         Row(("PATCH",), "/admin/workspaces/{name}", admin.update_workspace, "admin"),

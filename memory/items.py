@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory import forget, store
-from memory.schema import MemoryItem, Thread
+from memory.schema import Injection, MemoryItem, Thread
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,32 @@ def thread_json(thread: Thread) -> dict[str, Any]:
         "created_at": int(thread.created_at.timestamp()),
         "updated_at": int(thread.updated_at.timestamp()),
     }
+
+
+async def injection(
+    session: AsyncSession, workspace_id: str, request_id: str
+) -> dict[str, Any] | None:
+    """What memory went into request ``request_id`` (its provenance), or None."""
+    ws = uuid.UUID(workspace_id)
+    row = await session.get(Injection, (request_id, ws))
+    if row is None:
+        return None
+    found = {
+        i.id: i
+        for i in await session.scalars(
+            select(MemoryItem).where(MemoryItem.workspace_id == ws, MemoryItem.id.in_(row.item_ids))
+        )
+    }
+    return {
+        "object": "memory.injection",
+        "request_id": row.request_id,
+        "thread_id": row.thread_id,
+        "tokens": row.tokens,
+        "created_at": int(row.created_at.timestamp()),
+        "detail": row.detail,
+        "items": [
+            item_json(found[i]) if i in found
+            else {"id": str(i), "object": "memory.item", "deleted": True}
+            for i in row.item_ids
+        ],
+    }  # fmt: skip

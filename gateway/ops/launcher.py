@@ -144,7 +144,12 @@ def _banner(settings: Settings, key: str, env: dict[str, Any]) -> None:
         f"  dev API key:    {key}\n"
         f"  master key:     {env['CMG_MASTER_KEY']}  (admin API)\n"
         f"  MCP (memory):   http://{settings.host}:{settings.port}/mcp  (`cmg mcp`: config)\n"
-        f"  data dir:       {settings.data_dir.resolve()}\n\n"
+        + (
+            f"  console:        http://{settings.host}:{settings.port}/ui  (sign in with a key)\n"
+            if settings.console
+            else ""
+        )
+        + f"  data dir:       {settings.data_dir.resolve()}\n\n"
         f"  from openai import OpenAI\n"
         f'  client = OpenAI(base_url="{base}", api_key="{key}")\n\n'
         "  Ctrl-C stops everything.\n",

@@ -94,7 +94,12 @@ def bearer(request: Request) -> str:
 async def authenticate(request: Request, keys: KeyCache, secret: str | None = None) -> Caller:
     """The caller of a workspace key: ``secret`` when the surface found it elsewhere (Anthropic's
     ``x-api-key``), else the ``Authorization: Bearer`` header."""
-    record = await keys.resolve(secret or bearer(request))
+    return await caller_of(keys, secret or bearer(request))
+
+
+async def caller_of(keys: KeyCache, secret: str) -> Caller:
+    """The caller a workspace key stands for; 401 when it is unknown, revoked or expired."""
+    record = await keys.resolve(secret)
     if record is None:
         raise Unauthorized("invalid API key", code="invalid_api_key")
     if record.revoked:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import BadRequest
 from gateway.services.usage import NO_KEY, SUMMED
-from memory.schema import UsageDaily
+from memory.schema import UsageDaily, UsageEvent
 
 
 async def report(
@@ -74,3 +74,28 @@ def period(params: Mapping[str, str]) -> tuple[date, date, tuple[str, ...]]:
             param="group_by",
         )
     return start, end, groups
+
+
+async def recent(session: AsyncSession, workspace_id: str, limit: int = 20) -> list[UsageEvent]:
+    """The workspace's latest requests, newest first (the console's list)."""
+    rows = await session.scalars(
+        select(UsageEvent)
+        .where(UsageEvent.workspace_id == uuid.UUID(workspace_id))
+        .order_by(UsageEvent.created_at.desc())
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def of_request(
+    session: AsyncSession, workspace_id: str, request_id: str
+) -> UsageEvent | None:
+    """What one request used (its usage row), within the workspace."""
+    row: UsageEvent | None = await session.scalar(
+        select(UsageEvent)
+        .where(
+            UsageEvent.workspace_id == uuid.UUID(workspace_id), UsageEvent.request_id == request_id
+        )
+        .limit(1)
+    )
+    return row

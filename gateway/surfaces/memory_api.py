@@ -26,7 +26,7 @@ from gateway.services.memory_scope import THREAD_ID
 from gateway.services.protocol import ROLES, read_body
 from memory import items, store
 from memory.recall import Filters
-from memory.schema import Injection, MemoryItem
+from memory.schema import MemoryItem
 
 _KINDS = ("note", "fact", "message")
 _MAX_BATCH = 1000
@@ -306,37 +306,13 @@ async def delete_user(request: Request) -> Response:
 async def get_injection(request: Request) -> Response:
     deps, caller = await _caller(request)
     request_id = request.path_params["request_id"]
-    ws = uuid.UUID(caller.workspace_id)
     async with deps.sessions() as session:
-        row = await session.get(Injection, (request_id, ws))
-        if row is None:
-            raise NotFound(
-                f"no memory record for request {request_id!r}", param="request_id", code="not_found"
-            )
-        found = {
-            i.id: i
-            for i in await session.scalars(
-                select(MemoryItem).where(
-                    MemoryItem.workspace_id == ws, MemoryItem.id.in_(row.item_ids)
-                )
-            )
-        }
-    return json_response(
-        {
-            "object": "memory.injection",
-            "request_id": row.request_id,
-            "thread_id": row.thread_id,
-            "tokens": row.tokens,
-            "created_at": int(row.created_at.timestamp()),
-            "detail": row.detail,
-            "items": [
-                items.item_json(found[i])
-                if i in found
-                else {"id": str(i), "object": "memory.item", "deleted": True}
-                for i in row.item_ids
-            ],
-        }
-    )
+        body = await items.injection(session, caller.workspace_id, request_id)
+    if body is None:
+        raise NotFound(
+            f"no memory record for request {request_id!r}", param="request_id", code="not_found"
+        )
+    return json_response(body)
 
 
 async def _item(session: AsyncSession, caller: Caller, raw_id: str) -> MemoryItem:

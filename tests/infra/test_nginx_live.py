@@ -136,6 +136,9 @@ def test_edge_rejects_large_bodies_and_hides_metrics(edge: Edge, tenant: Tenant)
     assert echoed.headers["x-request-id"] == "edge-test-1"
     generated = httpx.get(edge.url + "/healthz").headers["x-request-id"]
     assert len(generated) == 32
+    console = httpx.get(edge.url + "/ui/login")  # the console goes through the edge as is
+    assert console.status_code == 200 and "frame-ancestors 'none'" in console.headers[
+        "content-security-policy"]  # fmt: skip
 
 
 def test_edge_keeps_admin_to_its_allow_list(edge: Edge, fleet: list[Gateway]) -> None:

@@ -49,7 +49,7 @@ def start_up(data_dir: Path, port: int, mock: MockUpstream) -> tuple[subprocess.
         with proc.stdout:
             for line in proc.stdout:
                 output.append(line)
-                if re.search(r"dev API key:", line):
+                if "Ctrl-C stops everything" in line:  # the banner's last line
                     found.set()
 
     threading.Thread(target=drain, daemon=True).start()
@@ -59,6 +59,7 @@ def start_up(data_dir: Path, port: int, mock: MockUpstream) -> tuple[subprocess.
         raise AssertionError("no dev key printed:\n" + "".join(output))
     key = re.search(r"dev API key:\s+(cmg_\w+)", "".join(output))
     assert key is not None
+    assert re.search(r"console:\s+http://\S+/ui", "".join(output))  # the console beside the key
     return proc, key.group(1)
 
 
