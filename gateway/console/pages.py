@@ -24,7 +24,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from core.errors import BadRequest, GatewayError, NotFound, Unauthorized
+from core.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized
 from gateway.console import sessions
 from gateway.console.charts import bars
 from gateway.deps import Deps
@@ -88,7 +88,8 @@ def page(handler: Callable[[View], Awaitable[Response]]) -> Page:
             if not deps.settings.console:
                 raise NotFound("the console is off (CMG_CONSOLE)", code="not_found")
             session = await sessions.load(deps.redis, request)
-            if session is None:
+            if session is None or not await _still_valid(deps, session):
+                await sessions.end(deps.redis, request)
                 raise _SignIn
             view = View(request, deps, session)
             if request.method == "POST":
@@ -112,6 +113,14 @@ def page(handler: Callable[[View], Awaitable[Response]]) -> Page:
             return _render("error.html", exc.status, view=None, message=exc.message)
 
     return run
+
+
+async def _still_valid(deps: Deps, session: sessions.Session) -> bool:
+    """A workspace session lasts only as long as the key that opened it works."""
+    if session.master or session.key_id is None:
+        return session.master
+    async with deps.sessions() as db:
+        return await workspaces.key_is_live(db, session.key_id)
 
 
 async def _pick_workspace(view: View) -> None:
@@ -167,8 +176,9 @@ async def login(request: Request) -> Response:
             await sessions.failed(deps.redis, request)
             return _render("login.html", 401, view=None, error="That key is not valid here.")
         session = sessions.Session(
-            False, caller.workspace_id, caller.workspace, sessions.new_csrf()
-        )
+            False, caller.workspace_id, caller.workspace, sessions.new_csrf(),
+            caller.key_id, caller.rpm_limit, caller.tpm_limit,
+        )  # fmt: skip
     token = await sessions.create(deps.redis, session, deps.settings.console_session_seconds)
     response = _headers(RedirectResponse("/ui", 303))
     response.set_cookie(
@@ -246,7 +256,7 @@ async def create_key(view: View) -> Response:
     view.require_workspace()
     form = view.request.state.form
     name = str(form.get("name") or "").strip()[:100] or "console"
-    limits = {field: _positive(form.get(field), field) for field in ("rpm_limit", "tpm_limit")}
+    limits = _capped(view, form)
     async with view.deps.sessions.begin() as session:
         secret, info = await workspaces.create_key(
             session, view.workspace or "", name=name, **limits
@@ -261,12 +271,86 @@ async def revoke_key(view: View) -> Response:
     view.require_workspace()
     key_id = str(view.request.state.form.get("key_id") or "")
     async with view.deps.sessions.begin() as session:
-        owned = {k.id for k in await workspaces.list_keys(session, view.workspace)}
-        if key_id not in owned:  # another workspace's key is simply not found
-            raise NotFound("no such key in this workspace", code="not_found")
+        await _owned(session, view, key_id)
         await workspaces.revoke_key(session, key_id)
     view.deps.keys.forget()
     return _headers(RedirectResponse(view.url("/ui/keys"), 303))
+
+
+@page
+async def key_limits(view: View) -> Response:
+    view.require_workspace()
+    form = view.request.state.form
+    key_id = str(form.get("key_id") or "")
+    limits = _capped(view, form)
+    async with view.deps.sessions.begin() as session:
+        await _owned(session, view, key_id)
+        await workspaces.set_key_limits(session, key_id, **limits)
+    view.deps.keys.forget()
+    return _headers(RedirectResponse(view.url("/ui/keys"), 303))
+
+
+async def _owned(session: Any, view: View, key_id: str) -> None:
+    owned = {k.id for k in await workspaces.list_keys(session, view.workspace)}
+    if key_id not in owned:  # another workspace's key is simply not found
+        raise NotFound("no such key in this workspace", code="not_found")
+
+
+def _capped(view: View, form: Any) -> dict[str, int | None]:
+    """The limits asked for, never looser than the signing key's own (a workspace session
+    cannot mint a key that escapes the limits it is under); blank means "the same as mine"."""
+    limits: dict[str, int | None] = {}
+    for field in ("rpm_limit", "tpm_limit"):
+        asked = _positive(form.get(field), field)
+        own = None if view.session.master else getattr(view.session, field)
+        limits[field] = asked if own is None else min(asked or own, own)
+    return limits
+
+
+SETTINGS_FORM = ("memory", "redact_pii", "retention_days", "facts", "rpm", "tpm",
+                 "monthly_budget_usd")  # fmt: skip
+
+
+@page
+async def settings_page(view: View) -> Response:
+    view.require_workspace()
+    async with view.deps.sessions() as session:
+        workspace = await workspaces.get_workspace(session, view.workspace or "")
+    current = workspace.settings or {}
+    fields = [(name, workspaces.WORKSPACE_SETTINGS[name][0], current.get(name))
+              for name in SETTINGS_FORM]  # fmt: skip
+    saved = view.request.query_params.get("saved")
+    return view.render("settings.html", fields=fields, saved=saved)
+
+
+@page
+async def save_settings(view: View) -> Response:
+    view.require_workspace()
+    if not view.session.master:
+        raise Forbidden("only a master session changes workspace settings", code="forbidden")
+    form = view.request.state.form
+    changes = {name: _setting(form.get(name)) for name in SETTINGS_FORM if name in form}
+    async with view.deps.sessions.begin() as session:
+        await workspaces.update_settings(session, view.workspace or "", changes)
+    view.deps.keys.forget()  # cached callers carry their workspace's settings
+    return _headers(RedirectResponse(view.url("/ui/settings", saved="1"), 303))
+
+
+def _setting(raw: Any) -> Any:
+    """A form value as the settings' JSON: blank is null, numbers and true/false parsed."""
+    text = str(raw or "").strip()
+    if not text:
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 @page

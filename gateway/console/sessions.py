@@ -31,6 +31,9 @@ class Session:
     workspace_id: str | None  # None for a master session
     workspace: str | None
     csrf: str
+    key_id: str | None = None  # the workspace key that signed in (its limits cap new keys')
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 def _key(token: str) -> str:

@@ -196,12 +196,20 @@ def _limit(value: Any, name: str) -> int | None:
     return value
 
 
+async def key_is_live(session: AsyncSession, key_id: str) -> bool:
+    """Whether the key still works: not revoked, not expired (a console session checks)."""
+    key = await session.get(ApiKey, _parse_id(key_id))
+    if key is None or key.revoked_at is not None:
+        return False
+    return key.expires_at is None or key.expires_at > datetime.now(UTC)
+
+
 async def list_keys(session: AsyncSession, workspace_name: str | None = None) -> list[KeyInfo]:
     query = select(ApiKey, Workspace.name).join(Workspace).order_by(ApiKey.created_at)
     if workspace_name is not None:
         query = query.where(Workspace.name == workspace_name)
     rows = await session.execute(query)
-    return [_info(key, ws_name) for key, ws_name in rows.tuples()]
+    return [_info(key, ws_name) for key, ws_name in rows]
 
 
 async def revoke_key(session: AsyncSession, key_id: str) -> KeyInfo:

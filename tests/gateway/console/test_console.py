@@ -20,7 +20,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant
+from gateway.services import workspaces
+from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant, run_db
 from tests.gateway.console.conftest import shot
 from tests.memory.test_chat_memory import wait_embedded
 
@@ -152,12 +153,12 @@ def test_a_master_session_picks_a_workspace_and_says_so(
     assert f"workspace={tenant.name}" in browser.current_url and "active" in _text(browser)
 
 
-def _session(gateway: Gateway, key: str) -> tuple[httpx.Client, str]:
+def _session(gateway: Gateway, key: str, workspace: str = "") -> tuple[httpx.Client, str]:
     """A signed-in HTTP client (cookies kept) and its CSRF token."""
     client = httpx.Client(base_url=gateway.url, timeout=30)
     reply = client.post("/ui/login", data={"key": key})
     assert reply.status_code == 303 and reply.headers["location"] == "/ui"
-    keys = client.get("/ui/keys")
+    keys = client.get("/ui/keys", params={"workspace": workspace} if workspace else None)
     token = re.search(r'name="csrf" value="([^"]+)"', keys.text)
     assert token is not None
     return client, token.group(1)
@@ -225,3 +226,60 @@ def test_failed_sign_ins_are_bounded(gateway: Gateway, services: Services, tenan
         for key in redis.scan_iter("cmg:console:signin:*"):
             redis.delete(key)
         redis.close()
+
+
+def test_a_limited_key_mints_no_looser_key_and_its_revocation_ends_the_session(
+    gateway: Gateway, services: Services, tenant: Tenant
+) -> None:
+    async def limited_key(session: Any) -> tuple[str, workspaces.KeyInfo]:
+        return await workspaces.create_key(session, tenant.name, name="limited", rpm_limit=5)
+
+    secret, info = run_db(services, limited_key)
+    client, csrf = _session(gateway, secret)
+    try:
+        for asked, name in (("", "same"), ("100", "looser"), ("2", "tighter")):
+            made = client.post("/ui/keys", data={"csrf": csrf, "name": name, "rpm_limit": asked})
+            assert made.status_code == 200 and "cmg_" in made.text
+        keys = {k.name: k for k in run_db(services, lambda s: workspaces.list_keys(s, tenant.name))}
+        assert (keys["same"].rpm_limit, keys["looser"].rpm_limit, keys["tighter"].rpm_limit) == (
+            5, 5, 2)  # fmt: skip
+        wider = {"csrf": csrf, "key_id": keys["same"].id, "rpm_limit": "500"}
+        loosen = client.post("/ui/keys/limits", data=wider)
+        assert loosen.status_code == 303
+        after = {
+            k.name: k for k in run_db(services, lambda s: workspaces.list_keys(s, tenant.name))
+        }
+        assert after["same"].rpm_limit == 5  # capped again
+        with httpx.Client(base_url=gateway.url, timeout=30) as admin:
+            revoked = admin.post(f"/admin/keys/{info.id}/revoke",
+                                 headers={"Authorization": f"Bearer {MASTER_KEY}"})  # fmt: skip
+            assert revoked.status_code == 200
+        ended = client.get("/ui/keys")
+        assert ended.status_code == 303 and ended.headers["location"] == "/ui/login"
+    finally:
+        client.close()
+
+
+def test_settings_are_changed_by_a_master_session_only(
+    gateway: Gateway, services: Services, tenant: Tenant
+) -> None:
+    master, master_csrf = _session(gateway, MASTER_KEY, workspace=tenant.name)
+    mine, my_csrf = _session(gateway, tenant.key)
+    try:
+        form = {"csrf": master_csrf, "workspace": tenant.name, "memory": "read",
+                "monthly_budget_usd": "12.5", "redact_pii": "true",
+                "retention_days": ""}  # fmt: skip
+        saved = master.post("/ui/settings", data=form)
+        assert saved.status_code == 303 and "saved=1" in saved.headers["location"]
+        ws = run_db(services, lambda s: workspaces.get_workspace(s, tenant.name))
+        assert ws.settings["memory"] == "read" and ws.settings["monthly_budget_usd"] == 12.5
+        assert ws.settings["redact_pii"] is True and ws.settings["retention_days"] is None
+        bad = master.post("/ui/settings", data={**form, "memory": "sometimes"})
+        assert bad.status_code == 400 and "memory mode" in bad.text  # the API's own rule
+        refused = mine.post("/ui/settings", data={"csrf": my_csrf, "memory": "off"})
+        assert refused.status_code == 403
+        page = mine.get("/ui/settings").text
+        assert 'id="value-memory">read<' in page and "Read-only" in page
+    finally:
+        master.close()
+        mine.close()
