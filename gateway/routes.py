@@ -85,6 +85,7 @@ def table(mcp: Any) -> list[Row]:
         Row(("GET",), "/ui/memory", console.memory, "console"),
         Row(("GET",), "/ui/thread", console.thread, "console"),
         Row(("POST",), "/ui/thread/delete", console.delete_thread, "console"),
+        Row(("POST",), "/ui/memory/forget-user", console.forget_user, "console"),
         Row(("GET",), "/ui/search", console.search, "console"),
         Row(("GET",), "/ui/request", console.request_view, "console"),
         Row(("GET",), "/ui/static/console.css", console.stylesheet, "console"),

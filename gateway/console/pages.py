@@ -240,6 +240,8 @@ async def overview(view: View) -> Response:
         requests_chart=bars(labels, [_num(r, "requests") for r in series], "requests per day"),
         cost_chart=bars(labels, [_num(r, "cost_usd") for r in series], "cost per day (USD)"),
         models=models, recent=recent[:20],
+        model_chart=bars([str(r["model"]) for r in models], [_num(r, "cost_usd") for r in models],
+                         "cost per model (USD)"),
     )  # fmt: skip
 
 
@@ -386,6 +388,20 @@ async def delete_thread(view: View) -> Response:
     if deleted is None:
         raise NotFound(f"no thread {thread_id!r}", code="not_found")
     return _headers(RedirectResponse(view.url("/ui/memory"), 303))
+
+
+@page
+async def forget_user(view: View) -> Response:
+    workspace_id = view.require_workspace()
+    form = view.request.state.form
+    user = str(form.get("user") or "").strip()
+    if not user:
+        raise BadRequest("name the end user whose memory goes", param="user")
+    if form.get("confirm") != "yes":
+        raise BadRequest("tick the box to confirm the deletion", param="confirm")
+    async with view.deps.sessions.begin() as session:
+        deleted = await items.forget_user(session, workspace_id, user)
+    return view.render("forgotten.html", user=user, deleted=deleted)
 
 
 @page

@@ -283,3 +283,32 @@ def test_settings_are_changed_by_a_master_session_only(
     finally:
         master.close()
         mine.close()
+
+
+def test_forgetting_an_end_user_needs_confirmation_and_stays_in_the_workspace(
+    gateway: Gateway, http: httpx.Client, services: Services, tenant: Tenant
+) -> None:
+    user = f"enduser-{uuid.uuid4().hex[:8]}"
+    note = {"content": f"{user} collects tin robots", "user": user, "role": "user"}
+    added = http.post("/v1/memory/items", json={"items": [note, {**note, "content": "and kites"}]},
+                      headers={"Authorization": f"Bearer {tenant.key}"})  # fmt: skip
+    assert added.status_code == 201
+    other = make_tenant(services)
+    theirs, their_csrf = _session(gateway, other.key)
+    mine, my_csrf = _session(gateway, tenant.key)
+    try:
+        form = {"csrf": their_csrf, "user": user, "confirm": "yes"}
+        assert (
+            'id="forgotten">0 memory items' in theirs.post("/ui/memory/forget-user", data=form).text
+        )
+        unconfirmed = mine.post("/ui/memory/forget-user", data={"csrf": my_csrf, "user": user})
+        assert unconfirmed.status_code == 400
+        done = mine.post("/ui/memory/forget-user", data={"csrf": my_csrf, "user": user,
+                                                           "confirm": "yes"})  # fmt: skip
+        assert done.status_code == 200 and 'id="forgotten">2 memory items' in done.text
+        left = http.get("/v1/memory/search", params={"q": "tin robots kites", "user": user},
+                        headers={"Authorization": f"Bearer {tenant.key}"})  # fmt: skip
+        assert left.json()["data"] == []
+    finally:
+        theirs.close()
+        mine.close()
