@@ -192,6 +192,21 @@ class UsageEvent(Base):
     route: Mapped[str] = mapped_column(Text, server_default="chat")
 
 
+class UsageRefusal(Base):
+    """Requests refused per day, workspace, key and kind (``rate_limit`` or ``budget``): not
+    usage (nothing was forwarded), so apart from ``usage_daily``."""
+
+    __tablename__ = "usage_refusals"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    refused: Mapped[int] = mapped_column(BigInteger)
+
+
 class UsageDaily(Base):
     __tablename__ = "usage_daily"
 

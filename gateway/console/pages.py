@@ -219,6 +219,7 @@ async def overview(view: View) -> Response:
             group_by="day",
         )  # fmt: skip
         recent = await usage_report.recent(session, view.workspace_id, 200)
+        refused = await usage_report.refusals(session, view.workspace_id, start, today)
         workspace = await workspaces.get_workspace(session, view.workspace or "")
     by_day = {row["day"]: row for row in days}
     series = [by_day.get(str(start + timedelta(days=n)), {}) for n in range(30)]
@@ -236,7 +237,7 @@ async def overview(view: View) -> Response:
         error_rate=errors / requests if requests else 0.0,
         p50=statistics.median(latencies) if latencies else None,
         p95=latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
-        budget=budget, spent=spent,
+        budget=budget, spent=spent, refused=refused,
         requests_chart=bars(labels, [_num(r, "requests") for r in series], "requests per day"),
         cost_chart=bars(labels, [_num(r, "cost_usd") for r in series], "cost per day (USD)"),
         models=models, recent=recent[:20],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from core.errors import QuotaExceeded, RateLimited
 from gateway.services.auth import Caller
 from gateway.services.limits import Admission, Limiter, limits_for
 from gateway.services.usage import UsageRecorder
@@ -45,9 +46,17 @@ async def admit(
     a large estimate off the event loop.
     """
     if budget:
-        await deps.usage.check_budget(
-            caller.workspace_id, caller.settings.get("monthly_budget_usd")
-        )
+        try:
+            await deps.usage.check_budget(
+                caller.workspace_id, caller.settings.get("monthly_budget_usd")
+            )
+        except QuotaExceeded:
+            deps.usage.refused(caller.workspace_id, caller.key_id, "budget")
+            raise
     limits = limits_for(caller)
     estimate = await offload(size, tokens) if any(lim.tpm for lim in limits) else 0
-    return await deps.limiter.admit(limits, estimate)
+    try:
+        return await deps.limiter.admit(limits, estimate)
+    except RateLimited:
+        deps.usage.refused(caller.workspace_id, caller.key_id, "rate_limit")
+        raise

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import QuotaExceeded
-from memory.schema import UsageDaily
+from memory.schema import UsageDaily, UsageRefusal
 
 log = logging.getLogger("cmg.usage")
 _MAX_BUFFER = 200_000
@@ -63,6 +63,7 @@ class UsageRecorder:
         self._sessions = sessions
         self._flush_seconds = flush_seconds
         self._buffer: list[Usage] = []
+        self._refusals: dict[tuple[date, str, str, str], int] = defaultdict(int)
         self._unflushed_cost: dict[str, float] = defaultdict(float)
         self._spend_cache: dict[str, tuple[float, float]] = {}
 
@@ -77,6 +78,11 @@ class UsageRecorder:
         self._buffer.append(usage)
         self._unflushed_cost[usage.workspace_id] += usage.cost_usd
 
+    def refused(self, workspace_id: str, key_id: str | None, kind: str) -> None:
+        """Count a request a limit (``rate_limit``) or the budget (``budget``) turned away."""
+        day = datetime.now(UTC).date()
+        self._refusals[(day, workspace_id, key_id or str(NO_KEY), kind)] += 1
+
     async def run_forever(self) -> None:
         while True:
             await asyncio.sleep(self._flush_seconds)
@@ -84,14 +90,20 @@ class UsageRecorder:
 
     async def flush(self) -> int:
         batch, self._buffer = self._buffer, []
-        if not batch:
+        refusals, self._refusals = self._refusals, defaultdict(int)
+        if not batch and not refusals:
             return 0
         try:
             async with self._sessions.begin() as session:
-                await _write(session, batch)
+                if batch:
+                    await _write(session, batch)
+                if refusals:
+                    await _write_refusals(session, refusals)
         except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             log.warning("usage flush failed, %d events kept: %s", len(batch), type(exc).__name__)
             self._buffer = batch + self._buffer
+            for key, count in refusals.items():
+                self._refusals[key] += count
             return 0
         for usage in batch:
             self._unflushed_cost[usage.workspace_id] -= usage.cost_usd
@@ -185,3 +197,20 @@ async def _write(session: AsyncSession, batch: list[Usage]) -> None:
 
 def _clean(value: str | None) -> str | None:
     return value.replace("\x00", "") if value and "\x00" in value else value
+
+
+async def _write_refusals(
+    session: AsyncSession, refusals: dict[tuple[date, str, str, str], int]
+) -> None:
+    values = [
+        {"day": day, "workspace_id": uuid.UUID(ws), "key_id": uuid.UUID(key), "kind": kind,
+         "refused": count}
+        for (day, ws, key, kind), count in sorted(refusals.items())
+    ]  # fmt: skip
+    stmt = insert(UsageRefusal).values(values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["day", "workspace_id", "key_id", "kind"],
+            set_={"refused": UsageRefusal.refused + stmt.excluded.refused},
+        )
+    )

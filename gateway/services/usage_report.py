@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import BadRequest
 from gateway.services.usage import NO_KEY, SUMMED
-from memory.schema import UsageDaily, UsageEvent
+from memory.schema import UsageDaily, UsageEvent, UsageRefusal
 
 
 async def report(
@@ -99,3 +99,16 @@ async def of_request(
         .limit(1)
     )
     return row
+
+
+async def refusals(
+    session: AsyncSession, workspace_id: str, start: date, end: date
+) -> dict[str, int]:
+    """Requests turned away in the period, by kind (``rate_limit``, ``budget``)."""
+    rows = await session.execute(
+        select(UsageRefusal.kind, func.sum(UsageRefusal.refused))
+        .where(UsageRefusal.workspace_id == uuid.UUID(workspace_id),
+               UsageRefusal.day >= start, UsageRefusal.day <= end)
+        .group_by(UsageRefusal.kind)
+    )  # fmt: skip
+    return {str(kind): int(total) for kind, total in rows}

@@ -312,3 +312,26 @@ def test_forgetting_an_end_user_needs_confirmation_and_stays_in_the_workspace(
     finally:
         theirs.close()
         mine.close()
+
+
+def test_the_overview_counts_refused_requests(
+    gateway: Gateway, services: Services, tenant: Tenant
+) -> None:
+    async def limited_key(session: Any) -> tuple[str, workspaces.KeyInfo]:
+        return await workspaces.create_key(session, tenant.name, name="rpm2", rpm_limit=2)
+
+    secret, _ = run_db(services, limited_key)
+    body = {"model": "mock/gpt", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gateway.url, timeout=30) as api:
+        codes = [api.post("/v1/chat/completions", json=body, headers={
+            "Authorization": f"Bearer {secret}", "X-Memory": "off"}).status_code
+            for _ in range(4)]  # fmt: skip
+    assert codes == [200, 200, 429, 429]
+    client, _ = _session(gateway, tenant.key)
+    try:
+        deadline = time.monotonic() + 15  # refusals are flushed with usage, in batches
+        while 'id="refused">2 / 0<' not in (page := client.get("/ui").text):
+            assert time.monotonic() < deadline, re.findall(r'id="refused">[^<]*', page)
+            time.sleep(0.3)
+    finally:
+        client.close()
