@@ -239,8 +239,12 @@ async def overview(view: View) -> Response:
         p95=latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
         budget=budget, spent=spent, refused=refused,
         requests_chart=bars(labels, [_num(r, "requests") for r in series], "requests per day"),
+        tokens_chart=bars(labels, [_num(r, "prompt_tokens") + _num(r, "completion_tokens")
+                                   for r in series], "tokens per day"),
+        errors_chart=bars(labels, [_num(r, "errors") / max(1.0, _num(r, "requests"))
+                                   for r in series], "error rate per day"),
         cost_chart=bars(labels, [_num(r, "cost_usd") for r in series], "cost per day (USD)"),
-        models=models, recent=recent[:20],
+        models=models, recent=recent[:20], latency=_latency_by_model(recent),
         model_chart=bars([str(r["model"]) for r in models], [_num(r, "cost_usd") for r in models],
                          "cost per model (USD)"),
     )  # fmt: skip
@@ -436,6 +440,18 @@ async def stylesheet(request: Request) -> Response:
 
 
 _CSS = (HERE / "static" / "console.css").read_bytes()
+
+
+def _latency_by_model(events: list[Any]) -> dict[str, tuple[float, float]]:
+    """(p50, p95) upstream ms per model over the latest requests."""
+    by: dict[str, list[float]] = {}
+    for event in events:
+        by.setdefault(str(event.model), []).append(float(event.latency_ms))
+    return {model: _p50_p95(sorted(values)) for model, values in by.items()}
+
+
+def _p50_p95(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), values[int(0.95 * (len(values) - 1))]
 
 
 def _num(row: dict[str, Any], name: str) -> float:

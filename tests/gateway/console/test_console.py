@@ -92,7 +92,9 @@ def test_a_workspace_session_end_to_end(
     assert browser.current_url.endswith("/ui")
     assert int(browser.find_element(By.ID, "requests").text) >= 2
     assert f"Workspace {tenant.name}" in browser.find_element(By.TAG_NAME, "header").text
-    assert "mock/gpt" in _text(browser) and browser.find_elements(By.TAG_NAME, "svg")
+    assert "mock/gpt" in _text(browser)
+    # requests, tokens, cost and error rate per day, cost per model
+    assert len(browser.find_elements(By.TAG_NAME, "svg")) == 5
     shot(browser, "overview")
 
     # the request inspector, from the recent requests list: the memory it was given
@@ -132,7 +134,23 @@ def test_a_workspace_session_end_to_end(
                     headers={"Authorization": f"Bearer {tenant.key}"})  # fmt: skip
     assert gone.status_code == 404
 
-    browser.set_window_size(390, 844)  # a phone
+    browser.set_window_size(390, 844)  # a phone: nothing wider than the screen
+    for path in ("/ui", "/ui/keys", "/ui/memory", f"/ui/request?id={seen['request_id']}"):
+        browser.get(f"{gateway.url}{path}")
+        viewport = browser.find_element(By.TAG_NAME, "html").rect["width"]
+        # the page's blocks (a table scrolls inside its own box, so its cells may be wider)
+        for where in (
+            "//header",
+            "//main",
+            "//main/form",
+            "//main//table",
+            "//*[local-name()='svg']",
+            "//input",
+        ):
+            for element in browser.find_elements(By.XPATH, where):
+                if where == "//input" and element.find_elements(By.XPATH, "ancestor::table"):
+                    continue
+                assert element.rect["x"] + element.rect["width"] <= viewport + 1, (path, where)
     browser.get(f"{gateway.url}/ui")
     shot(browser, "phone")
     browser.set_window_size(1280, 1000)
