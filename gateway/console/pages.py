@@ -13,6 +13,7 @@ Headers on every page: a strict Content-Security-Policy (no script, styles from 
 from __future__ import annotations
 
 import hmac
+import math
 import statistics
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -235,8 +236,8 @@ async def overview(view: View) -> Response:
         tokens=int(sum(_num(r, "prompt_tokens") + _num(r, "completion_tokens") for r in series)),
         cost=sum(_num(r, "cost_usd") for r in series),
         error_rate=errors / requests if requests else 0.0,
-        p50=statistics.median(latencies) if latencies else None,
-        p95=latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
+        p50=_p50_p95(latencies)[0] if latencies else None,
+        p95=_p50_p95(latencies)[1] if latencies else None,
         budget=budget, spent=spent, refused=refused,
         requests_chart=bars(labels, [_num(r, "requests") for r in series], "requests per day"),
         tokens_chart=bars(labels, [_num(r, "prompt_tokens") + _num(r, "completion_tokens")
@@ -451,7 +452,8 @@ def _latency_by_model(events: list[Any]) -> dict[str, tuple[float, float]]:
 
 
 def _p50_p95(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), values[int(0.95 * (len(values) - 1))]
+    """Median and nearest-rank 95th percentile of sorted ``values``."""
+    return statistics.median(values), values[max(0, math.ceil(0.95 * len(values)) - 1)]
 
 
 def _num(row: dict[str, Any], name: str) -> float:
