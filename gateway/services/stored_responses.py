@@ -17,24 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg
-from psycopg.types.json import Jsonb
 
 from memory.db import ReadPool
 
 _COPY = "COPY responses (id, workspace_id, response, input_items, conversation) FROM STDIN"
 _INSERT = (
     "INSERT INTO responses (id, workspace_id, response, input_items, conversation) "
-    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    "VALUES (%s, %s, %s::jsonb, %s::jsonb, %s::jsonb) ON CONFLICT DO NOTHING"
 )
 _SELECT = (
     "SELECT response, input_items, conversation FROM responses WHERE id = %s AND workspace_id = %s"
 )
 log = logging.getLogger("cmg.responses")
+GATHER_SECONDS = 0.005
 
 Key = tuple[str, str]  # (workspace id, response id)
 
@@ -86,6 +86,7 @@ class ResponseStore:
     async def run_forever(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(GATHER_SECONDS)  # let a group form: one checkout and COPY for many
             self._wake.clear()
             await self.flush()
 
@@ -95,17 +96,14 @@ class ResponseStore:
             return
         self._writing, self._queue = self._queue, {}
         rows = [
-            (resp_id, workspace_id, _jsonb(s.response), _jsonb(s.input_items),
-             _jsonb(s.conversation))
+            (resp_id, workspace_id, _json(s.response), _json(s.input_items),
+             _json(s.conversation))
             for (workspace_id, resp_id), s in self._writing.items()
         ]  # fmt: skip
         try:
-            try:
-                await self._copy(rows)
-            except psycopg.errors.UniqueViolation:  # an id seen before (a provider's): one by one
-                await self._insert(rows)
-        except Exception as exc:  # the answers went out; only their retrieval is lost
-            log.error("could not store %d responses: %s", len(rows), type(exc).__name__)
+            await self._copy(rows)
+        except Exception:  # an id seen before (a provider's), a value refused: one by one
+            await self._one_by_one(rows)
         finally:
             self._writing = {}
             self._written.set()
@@ -117,12 +115,25 @@ class ResponseStore:
                 for row in rows:
                     await copy.write_row(row)
 
-    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit TO off")
-            async with conn.cursor() as cursor:
-                await cursor.executemany(_INSERT, rows)
+    async def _one_by_one(self, rows: list[tuple[Any, ...]]) -> None:
+        """Each row in its own statement, so one that fails loses only itself."""
+        failed = 0
+        for row in rows:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(_INSERT, row)
+            except Exception as exc:  # the answer went out; only its retrieval is lost
+                failed += 1
+                log.error("could not store response %s: %s", row[0], type(exc).__name__)
+        if failed:
+            log.error("%d of %d responses not stored", failed, len(rows))
 
 
-def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
+def _json(value: Any) -> str:
+    """JSON text, which COPY and the ``::jsonb`` casts read as jsonb (no adapter per value).
+    jsonb refuses the NUL character: an escaped one becomes U+FFFD."""
+    text = orjson.dumps(value).decode()
+    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000 after an even run of backslashes

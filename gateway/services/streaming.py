@@ -72,6 +72,13 @@ class StreamTap:
     def text(self, index: int = 0) -> str:
         return "".join(self.texts.get(index, ()))
 
+    # A tap that translates the stream (Responses in translate mode) sends ``rewrite(chunk)``
+    # for each provider chunk instead of the chunk itself, and nothing for ``[DONE]``.
+    rewrites = False
+
+    def rewrite(self, chunk: dict[str, Any]) -> bytes:
+        return b""
+
     def error_event(self, message: str, type: str, code: str | None) -> bytes:
         """An error as this stream's own kind of event (chat completions: an ``error`` chunk)."""
         return sse_error(message, type, code)
@@ -251,7 +258,9 @@ class _EventSplitter:
 def _check(events: list[bytes], tap: StreamTap) -> tuple[bytes, bool]:
     """The events re-framed for the client, and whether one of them was malformed."""
     good: list[bytes] = []
+    rewrites = tap.rewrites
     for event in events:
+        rewritten = b""
         for line in event.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
@@ -265,5 +274,7 @@ def _check(events: list[bytes], tap: StreamTap) -> tuple[bytes, bool]:
                 return b"".join(good), True
             if isinstance(parsed, dict):
                 tap.observe(parsed)
-        good.append(event + b"\n\n")
+                if rewrites:
+                    rewritten += tap.rewrite(parsed)
+        good.append(rewritten if rewrites else event + b"\n\n")
     return b"".join(good), False

@@ -75,7 +75,7 @@ class Completion:
 
 async def complete(
     request: Request, deps: Deps, caller: Caller, chat: ChatRequest, started: float,
-    *, route_label: str = "chat", native: Native | None = None,
+    *, route_label: str = "chat", native: Native | None = None, tap: StreamTap | None = None,
 ) -> Completion:  # fmt: skip
     """Stages 3-9 for any surface that speaks (or translates to) chat completions.
 
@@ -116,7 +116,7 @@ async def complete(
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        tap = native.tap if native is not None else StreamTap()
+        tap = native.tap if native is not None else tap or StreamTap()
         stream = relay(upstream, tap, turn.finish_stream)
         return Completion(upstream.response.status, headers, stream=stream)
     body, parsed = await read_json(upstream)

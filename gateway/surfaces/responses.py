@@ -30,7 +30,7 @@ from gateway.services.auth import Caller, authenticate
 from gateway.services.observe import observation
 from gateway.services.protocol import ChatRequest, parse_object, read_body
 from gateway.services.stored_responses import Stored
-from gateway.services.streaming import EventStream
+from gateway.services.streaming import EventStream, StreamTap
 from gateway.surfaces.chat import complete
 from gateway.surfaces.native import (
     Native,
@@ -65,11 +65,12 @@ async def create_response(request: Request) -> Response:
     chat = ChatRequest.parse(orjson.dumps(chat_body))
     if is_native(deps.router.route(chat.model), "responses"):
         return await _native(request, deps, caller, body, chat, conversation, started)
-    done = await complete(request, deps, caller, chat, started, route_label="responses")
     resp_id, created = new_id("resp"), int(time.time())
+    state = StreamState(resp_id, body, created)
+    tap = _Translating(state)
+    done = await complete(request, deps, caller, chat, started, route_label="responses", tap=tap)
     saved = _Saver(deps, caller, body, conversation, resp_id)
     if done.stream is not None:
-        state = StreamState(resp_id, body, created)
         return EventStream(_events(done.stream, state, saved), done.status, done.headers)
     if done.status >= 400:  # the provider's error, already OpenAI-shaped
         return Response(done.body, done.status, done.headers, media_type="application/json")
@@ -125,6 +126,7 @@ async def get_response(request: Request) -> Response:
 async def delete_response(request: Request) -> Response:
     deps, caller = await _caller(request)
     resp_id = request.path_params["response_id"]
+    await deps.responses.settled(caller.workspace_id, resp_id)  # a write still queued lands first
     async with deps.sessions.begin() as session:
         gone = await session.execute(
             delete(StoredResponse).where(
@@ -215,19 +217,33 @@ def _input_items(value: Any) -> list[dict[str, Any]]:
     return items
 
 
+class _Translating(StreamTap):
+    """Reads the relayed chat stream for memory and usage, and sends it on as Responses events
+    (the relay parses each chunk once, for both)."""
+
+    rewrites = True
+
+    def __init__(self, state: StreamState) -> None:
+        super().__init__()
+        self.state = state
+
+    def rewrite(self, chunk: dict[str, Any]) -> bytes:
+        return b"" if self.state.finished else self.state.chunk(chunk)
+
+    def error_event(self, message: str, type: str, code: str | None) -> bytes:
+        return b"" if self.state.finished else self.state.fail(message)
+
+
 async def _events(
     chunks: AsyncIterator[bytes], state: StreamState, saved: _Saver
 ) -> AsyncIterator[bytes]:
-    """The relayed chat SSE as Responses events; the finished response is stored at the end."""
-    pending = b""
+    """The translated events between ``response.created`` and ``response.completed``; the
+    finished response is stored before its last event goes out."""
     try:
         yield state.start()
         async for data in chunks:
-            pending += data
-            *events, pending = pending.split(b"\n\n")
-            out = b"".join(_event(event, state) for event in events)
-            if out:
-                yield out
+            if data:
+                yield data
             if state.finished:
                 break
         if not state.finished:
@@ -236,21 +252,3 @@ async def _events(
             yield last
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _event(event: bytes, state: StreamState) -> bytes:
-    if state.finished:
-        return b""
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            return b""  # the stream's end is handled once, after the loop
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(chunk, dict):
-            return state.chunk(chunk)
-    return b""

@@ -103,3 +103,32 @@ def test_settled_waits_for_the_pending_write(database: tuple[str, str]) -> None:
             await pool.close()
 
     asyncio.run(run())
+
+
+def test_json_text_keeps_everything_but_a_nul() -> None:
+    from gateway.services.stored_responses import _json
+
+    assert _json({"a": "x\x00y"}) == '{"a":"x\\ufffdy"}'
+    assert _json({"a": "\\u0000 is text"}) == '{"a":"\\\\u0000 is text"}'  # a backslash, kept
+    assert _json({"a": "\\\x00"}) == '{"a":"\\\\\\ufffd"}'  # a backslash, then a NUL
+
+
+def test_a_row_the_database_refuses_loses_only_itself(database: tuple[str, str]) -> None:
+    url, ws = database
+
+    async def run() -> None:
+        pool = ReadPool(url, pool_size=2)
+        store = ResponseStore(pool)
+        try:
+            nul, fine = f"resp_{uuid.uuid4().hex}", f"resp_{uuid.uuid4().hex}"
+            store.add(ws, nul, Stored({"text": "a\x00b"}, [], [{"content": "x\x00"}]))
+            store.add(ws, fine, _stored(8))
+            store.add("not-a-uuid", f"resp_{uuid.uuid4().hex}", _stored(9))  # refused
+            await store.flush()
+            assert (await store.get(ws, fine)) == _stored(8)
+            kept = await store.get(ws, nul)
+            assert kept is not None and kept.response == {"text": "a\ufffdb"}
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
