@@ -246,13 +246,20 @@ def test_failed_sign_ins_are_bounded(gateway: Gateway, services: Services, tenan
         redis.close()
 
 
+def _limited_key(
+    services: Services, tenant: Tenant, name: str, rpm: int
+) -> tuple[str, workspaces.KeyInfo]:
+    async def create(session: Any) -> tuple[str, workspaces.KeyInfo]:
+        return await workspaces.create_key(session, tenant.name, name=name, rpm_limit=rpm)
+
+    result: tuple[str, workspaces.KeyInfo] = run_db(services, create)
+    return result
+
+
 def test_a_limited_key_mints_no_looser_key_and_its_revocation_ends_the_session(
     gateway: Gateway, services: Services, tenant: Tenant
 ) -> None:
-    async def limited_key(session: Any) -> tuple[str, workspaces.KeyInfo]:
-        return await workspaces.create_key(session, tenant.name, name="limited", rpm_limit=5)
-
-    secret, info = run_db(services, limited_key)
+    secret, info = _limited_key(services, tenant, "limited", 5)
     client, csrf = _session(gateway, secret)
     try:
         for asked, name in (("", "same"), ("100", "looser"), ("2", "tighter")):
@@ -335,10 +342,7 @@ def test_forgetting_an_end_user_needs_confirmation_and_stays_in_the_workspace(
 def test_the_overview_counts_refused_requests(
     gateway: Gateway, services: Services, tenant: Tenant
 ) -> None:
-    async def limited_key(session: Any) -> tuple[str, workspaces.KeyInfo]:
-        return await workspaces.create_key(session, tenant.name, name="rpm2", rpm_limit=2)
-
-    secret, _ = run_db(services, limited_key)
+    secret, _ = _limited_key(services, tenant, "rpm2", 2)
     body = {"model": "mock/gpt", "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(base_url=gateway.url, timeout=30) as api:
         codes = [api.post("/v1/chat/completions", json=body, headers={
