@@ -46,25 +46,11 @@ class Native:
     answer: Callable[[Any], Answer]  # the JSON answer → what memory and usage need
 
     def payload(self, model: str, recalled: Recalled | None) -> ForwardBody:
-        block = block_text(recalled)
+        block = recalled.injected.message if recalled is not None else None
         if block is None or recalled is None or recalled.placement is None:
             return ForwardBody(orjson.dumps(self.body), self.body, model)
-        body = self.place(self.body, block, recalled.placement.form)
+        body = self.place(self.body, block["content"], recalled.placement.form)
         return ForwardBody(orjson.dumps(body), body, model)
-
-
-def block_text(recalled: Recalled | None) -> str | None:
-    """The memory block recall placed in the chat form of the request, as text."""
-    if recalled is None or recalled.placement is None or recalled.placement.index is None:
-        return None
-    message = recalled.messages[recalled.placement.index]
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):  # the system form: a message of its own
-        return content
-    if isinstance(content, list) and content and isinstance(content[-1], dict):
-        text = content[-1].get("text")  # the user form: the part appended last
-        return text if isinstance(text, str) else None
-    return None
 
 
 def _last_user(items: list[Any]) -> int | None:
