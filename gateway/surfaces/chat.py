@@ -82,7 +82,8 @@ async def complete(
     caps → route → budget and limits → plan memory → recall + inject + fit → forward → relay
     (JSON or SSE) → finish: remember the turn and account it under ``route_label``. Chat
     completions, Responses and Messages all call this; with ``native`` (``native.py``) the
-    forward and the relay use the surface's own format, and ``chat`` still drives the rest.
+    forward uses the surface's own format, and ``chat`` still drives the rest. ``tap`` reads a
+    stream for memory and usage (a surface's own, when its stream is not chat chunks).
     """
     obs = observation(request)
     chat.check_caps(*caps_for(caller, deps.settings))
@@ -116,8 +117,7 @@ async def complete(
     if chat.stream and upstream.content_type.startswith("text/event-stream"):
         headers.update(SSE_HEADERS)
         headers["X-Gateway-Overhead-Ms"] = _ms(upstream.started - started)
-        tap = native.tap if native is not None else tap or StreamTap()
-        stream = relay(upstream, tap, turn.finish_stream)
+        stream = relay(upstream, tap or StreamTap(), turn.finish_stream)
         return Completion(upstream.response.status, headers, stream=stream)
     body, parsed = await read_json(upstream)
     if native is not None:

@@ -53,10 +53,11 @@ async def _messages(request: Request) -> Response:
     body = await offload(len(raw), parse_object, raw)
     chat = ChatRequest.parse(orjson.dumps(to_chat(body)))
     if is_native(deps.router.route(chat.model), "messages"):
-        native = Native("/messages", body, place_messages, MessagesTap(), messages_answer)
+        native = Native("/messages", raw, body, place_messages, messages_answer)
         done = await complete(
-            request, deps, caller, chat, started, route_label="messages", native=native
-        )
+            request, deps, caller, chat, started, route_label="messages", native=native,
+            tap=MessagesTap(),
+        )  # fmt: skip
         if done.stream is not None:
             return EventStream(done.stream, done.status, done.headers)
         return Response(done.body, done.status, done.headers, media_type="application/json")

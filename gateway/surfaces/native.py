@@ -40,17 +40,17 @@ class Native:
     """How ``chat.complete`` forwards and reads one request in the surface's own format."""
 
     path: str  # under the provider's base URL: "/responses" or "/messages"
+    raw: bytes  # the client's body, forwarded as is when no memory goes in
     body: dict[str, Any]
     place: Callable[[dict[str, Any], str, str], dict[str, Any]]  # (body, block, form) → body
-    tap: StreamTap
     answer: Callable[[Any], Answer]  # the JSON answer → what memory and usage need
 
     def payload(self, model: str, recalled: Recalled | None) -> ForwardBody:
         block = recalled.injected.message if recalled is not None else None
         if block is None or recalled is None or recalled.placement is None:
-            return ForwardBody(orjson.dumps(self.body), self.body, model)
+            return ForwardBody(self.raw, self.body, model)
         body = self.place(self.body, block["content"], recalled.placement.form)
-        return ForwardBody(orjson.dumps(body), body, model)
+        return ForwardBody(orjson.dumps(body), body, model, changed=True)
 
 
 def _last_user(items: list[Any]) -> int | None:

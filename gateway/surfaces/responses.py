@@ -64,7 +64,7 @@ async def create_response(request: Request) -> Response:
     chat_body, conversation = to_chat(body, history)
     chat = ChatRequest.parse(orjson.dumps(chat_body))
     if is_native(deps.router.route(chat.model), "responses"):
-        return await _native(request, deps, caller, body, chat, conversation, started)
+        return await _native(request, deps, caller, raw, body, chat, conversation, started)
     resp_id, created = new_id("resp"), int(time.time())
     state = StreamState(resp_id, body, created)
     tap = _Translating(state)
@@ -85,15 +85,15 @@ async def create_response(request: Request) -> Response:
 
 
 async def _native(
-    request: Request, deps: Deps, caller: Caller, body: dict[str, Any], chat: ChatRequest,
-    conversation: list[Any], started: float,
+    request: Request, deps: Deps, caller: Caller, raw: bytes, body: dict[str, Any],
+    chat: ChatRequest, conversation: list[Any], started: float,
 ) -> Response:  # fmt: skip
     """The body as sent (memory placed) to a provider that serves ``/responses``; its Response
     (or events) relayed as is, and stored under the provider's id for the next turn."""
     tap = ResponsesTap()
-    native = Native("/responses", body, place_responses, tap, responses_answer)
+    native = Native("/responses", raw, body, place_responses, responses_answer)
     done = await complete(
-        request, deps, caller, chat, started, route_label="responses", native=native
+        request, deps, caller, chat, started, route_label="responses", native=native, tap=tap
     )
     saved = _Saver(deps, caller, body, conversation)
     if done.stream is not None:
