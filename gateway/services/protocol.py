@@ -69,12 +69,18 @@ class ChatRequest:
 
     @classmethod
     def parse(cls, raw: bytes) -> ChatRequest:
-        body = parse_object(raw)
+        return cls.of(parse_object(raw), raw)
+
+    @classmethod
+    def of(cls, body: dict[str, Any], raw: bytes | None = None) -> ChatRequest:
+        """A request from its parsed body (a surface's translation: encoded once, not parsed
+        back), checked as ``parse`` checks the client's."""
         model = require_model(body)
         _check_messages(body.get("messages"))
         stream = body.get("stream", False)
         if stream is not None and not isinstance(stream, bool):
             raise BadRequest("stream must be a boolean", param="stream", code="invalid_type")
+        raw = orjson.dumps(body) if raw is None else raw
         return cls(raw=raw, body=body, model=model, stream=bool(stream))
 
     @property

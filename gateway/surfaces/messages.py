@@ -51,7 +51,7 @@ async def _messages(request: Request) -> Response:
     obs.workspace, obs.key_id = caller.workspace, caller.key_id
     raw = await read_body(request, deps.settings.max_body_bytes)
     body = await offload(len(raw), parse_object, raw)
-    chat = ChatRequest.parse(orjson.dumps(to_chat(body)))
+    chat = ChatRequest.of(to_chat(body))
     if is_native(deps.router.route(chat.model), "messages"):
         native = Native("/messages", raw, body, place_messages, messages_answer)
         done = await complete(

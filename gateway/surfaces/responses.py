@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from sqlalchemy import delete
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,7 +61,7 @@ async def create_response(request: Request) -> Response:
     body = await offload(len(raw), parse_object, raw)
     history = await _history(deps, caller, body.get("previous_response_id"))
     chat_body, conversation = to_chat(body, history)
-    chat = ChatRequest.parse(orjson.dumps(chat_body))
+    chat = ChatRequest.of(chat_body)
     if is_native(deps.router.route(chat.model), "responses"):
         return await _native(request, deps, caller, raw, body, chat, conversation, started)
     resp_id, created = new_id("resp"), int(time.time())
