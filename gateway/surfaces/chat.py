@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -48,13 +48,30 @@ DEFAULT_RESERVE = 1024
 log = logging.getLogger("cmg.chat")
 
 
-async def chat_completions(request: Request) -> Response:
+class Arrival(NamedTuple):
+    """A request past stage 1 and the read of stage 2: who sent it, and its bytes."""
+
+    deps: Deps
+    caller: Caller
+    raw: bytes
+    started: float
+
+
+async def arrive(request: Request, secret: str | None = None) -> Arrival:
+    """Stage 1 and the body read, for every surface: the key (``secret`` when the surface found
+    it elsewhere than ``Authorization``), noted on the request's observation, then the body
+    within ``CMG_MAX_BODY_BYTES``."""
     started = time.perf_counter()
     deps: Deps = request.scope["state"]["deps"]
     obs = observation(request)
-    caller = await authenticate(request, deps.keys)
+    caller = await authenticate(request, deps.keys, secret)
     obs.workspace, obs.key_id = caller.workspace, caller.key_id
     raw = await read_body(request, deps.settings.max_body_bytes)
+    return Arrival(deps, caller, raw, started)
+
+
+async def chat_completions(request: Request) -> Response:
+    deps, caller, raw, started = await arrive(request)
     chat = await offload(len(raw), ChatRequest.parse, raw)  # 8 MiB of JSON: ~20 ms of parsing
     done = await complete(request, deps, caller, chat, started)
     if done.stream is not None:

@@ -19,20 +19,17 @@ from core.errors import BadRequest
 from core.providers.client import Upstream
 from gateway.deps import Deps
 from gateway.services.admission import admit
-from gateway.services.auth import Caller, authenticate
+from gateway.services.auth import Caller
 from gateway.services.observe import Observation, observation
-from gateway.services.protocol import ForwardBody, parse_object, read_body, require_model
+from gateway.services.protocol import ForwardBody, parse_object, require_model
 from gateway.services.usage import Usage
-from gateway.surfaces.chat import model_label, read_json
+from gateway.surfaces.chat import arrive, model_label, read_json
 from memory.tokens import count_text
 
 
 async def embeddings(request: Request) -> Response:
-    deps: Deps = request.state.deps
+    deps, caller, raw, _ = await arrive(request)
     obs = observation(request)
-    caller = await authenticate(request, deps.keys)
-    obs.workspace, obs.key_id = caller.workspace, caller.key_id
-    raw = await read_body(request, deps.settings.max_body_bytes)
     body = parse_object(raw)
     model = require_model(body)
     if "input" not in body:

@@ -13,7 +13,6 @@ Every error on this route has Anthropic's shape, ``{"type": "error", "error": {"
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,12 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.errors import GatewayError
-from gateway.deps import Deps
-from gateway.services.auth import authenticate
-from gateway.services.observe import observation
-from gateway.services.protocol import ChatRequest, parse_object, read_body
+from gateway.services.protocol import ChatRequest, parse_object
 from gateway.services.streaming import EventStream
-from gateway.surfaces.chat import complete
+from gateway.surfaces.chat import arrive, complete
 from gateway.surfaces.messages_translate import StreamState, error_body, to_chat, to_message
 from gateway.surfaces.native import MessagesTap, Native, is_native, messages_answer, place_messages
 from memory.offload import offload
@@ -44,12 +40,7 @@ async def messages(request: Request) -> Response:
 
 
 async def _messages(request: Request) -> Response:
-    started = time.perf_counter()
-    deps: Deps = request.scope["state"]["deps"]
-    obs = observation(request)
-    caller = await authenticate(request, deps.keys, request.headers.get("x-api-key") or None)
-    obs.workspace, obs.key_id = caller.workspace, caller.key_id
-    raw = await read_body(request, deps.settings.max_body_bytes)
+    deps, caller, raw, started = await arrive(request, request.headers.get("x-api-key") or None)
     body = await offload(len(raw), parse_object, raw)
     chat = ChatRequest.of(to_chat(body))
     if is_native(deps.router.route(chat.model), "messages"):

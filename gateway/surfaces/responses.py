@@ -26,11 +26,10 @@ from starlette.responses import Response
 from core.errors import BadRequest, NotFound, json_response
 from gateway.deps import Deps
 from gateway.services.auth import Caller, authenticate
-from gateway.services.observe import observation
-from gateway.services.protocol import ChatRequest, parse_object, read_body
+from gateway.services.protocol import ChatRequest, parse_object
 from gateway.services.stored_responses import Stored
 from gateway.services.streaming import EventStream, StreamTap
-from gateway.surfaces.chat import complete
+from gateway.surfaces.chat import arrive, complete
 from gateway.surfaces.native import (
     Native,
     ResponsesTap,
@@ -52,12 +51,7 @@ from memory.schema import StoredResponse
 
 
 async def create_response(request: Request) -> Response:
-    started = time.perf_counter()
-    deps: Deps = request.scope["state"]["deps"]
-    obs = observation(request)
-    caller = await authenticate(request, deps.keys)
-    obs.workspace, obs.key_id = caller.workspace, caller.key_id
-    raw = await read_body(request, deps.settings.max_body_bytes)
+    deps, caller, raw, started = await arrive(request)
     body = await offload(len(raw), parse_object, raw)
     history = await _history(deps, caller, body.get("previous_response_id"))
     chat_body, conversation = to_chat(body, history)
