@@ -131,7 +131,7 @@ class ProviderClient:
         return await self._require_session().post(
             provider.base_url + path,
             data=payload,
-            headers=provider.messages_headers if path == "/messages" else provider.request_headers,
+            headers=provider.headers_for(path),
             timeout=provider.client_timeout,
         )
 

@@ -71,6 +71,10 @@ class Provider:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
+    def headers_for(self, path: str) -> CIMultiDict[str]:
+        """The headers of a call to ``path``: Anthropic's own for its ``/messages``."""
+        return self.messages_headers if path == "/messages" else self.request_headers
+
     @functools.cached_property
     def messages_headers(self) -> CIMultiDict[str]:
         """Anthropic's own headers for a native ``/messages`` call: the key as ``x-api-key``
