@@ -87,7 +87,7 @@ def page(handler: Callable[[View], Awaitable[Response]]) -> Page:
         deps: Deps = request.state.deps
         try:
             if not deps.settings.console:
-                raise NotFound("the console is off (CMG_CONSOLE)", code="not_found")
+                return _off()
             session = await sessions.load(deps.redis, request)
             if session is None or not await _still_valid(deps, session):
                 await sessions.end(deps.redis, request)
@@ -134,6 +134,10 @@ async def _pick_workspace(view: View) -> None:
     view.workspace_id, view.workspace = str(workspace.id), workspace.name
 
 
+def _off() -> Response:
+    return _render("error.html", 404, view=None, message="the console is off (CMG_CONSOLE)")
+
+
 def _render(name: str, status: int, **context: Any) -> Response:
     html = _TEMPLATES.get_template(name).render(**context)
     return _headers(Response(html, status, media_type="text/html; charset=utf-8"))
@@ -150,14 +154,14 @@ def _headers(response: Response) -> Response:
 async def login_form(request: Request) -> Response:
     deps: Deps = request.state.deps
     if not deps.settings.console:
-        return _render("error.html", 404, view=None, message="the console is off (CMG_CONSOLE)")
+        return _off()
     return _render("login.html", 200, view=None, error=None)
 
 
 async def login(request: Request) -> Response:
     deps: Deps = request.state.deps
     if not deps.settings.console:
-        return _render("error.html", 404, view=None, message="the console is off (CMG_CONSOLE)")
+        return _off()
     if not sessions.same_origin(request):
         return _render("login.html", 403, view=None, error="Sign in from this gateway's own page.")
     if await sessions.blocked(deps.redis, request):
@@ -228,6 +232,7 @@ async def overview(view: View) -> Response:
     requests = sum(int(r.get("requests", 0)) for r in series)
     errors = sum(int(r.get("errors", 0)) for r in series)
     latencies = sorted(e.latency_ms for e in recent)
+    p50, p95 = _p50_p95(latencies) if latencies else (None, None)
     budget = (workspace.settings or {}).get("monthly_budget_usd")
     spent = sum(float(r["cost_usd"]) for r in month)
     return view.render(
@@ -236,8 +241,8 @@ async def overview(view: View) -> Response:
         tokens=int(sum(_num(r, "prompt_tokens") + _num(r, "completion_tokens") for r in series)),
         cost=sum(_num(r, "cost_usd") for r in series),
         error_rate=errors / requests if requests else 0.0,
-        p50=_p50_p95(latencies)[0] if latencies else None,
-        p95=_p50_p95(latencies)[1] if latencies else None,
+        p50=p50,
+        p95=p95,
         budget=budget, spent=spent, refused=refused,
         requests_chart=bars(labels, [_num(r, "requests") for r in series], "requests per day"),
         tokens_chart=bars(labels, [_num(r, "prompt_tokens") + _num(r, "completion_tokens")
