@@ -210,7 +210,7 @@ def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candi
             "names": named / len(qkeys.names) if qkeys.names else 0.0,
             "speaker": 1.0 if keys & speakers else 0.0,
             "mentioned": 1.0 if keys & mentions else 0.0,
-            "date": 1.0 if keys & qkeys.dates else 0.0,
+            "date": len(keys & qkeys.dates) / len(qkeys.dates) if qkeys.dates else 0.0,
             "when_time": 1.0 if qkeys.when and "time" in keys else 0.0,
             "neighbour_sim": max((sims[i] for i in near), default=0.0),
             "neighbour_lexical": max((lexical[i] for i in near), default=0.0),

@@ -7,8 +7,13 @@ leg and the ranker's features match a question's keys against them:
 - ``name:<word>``: proper nouns (capitalised words that are not everyday words);
 - ``date:YYYY-MM-DD``, ``month:YYYY-MM``, ``year:YYYY``: the item's own date, and the dates
   its text mentions, relative ones ("yesterday", "last Friday", "two weeks ago", "next month")
-  resolved against the item's date;
-- ``time``: the text says when something happened (what "when" questions need).
+  resolved against the item's date; ``moy:MM``, the month of the year alone, for a question
+  that names a month without its year ("in July");
+- ``time``: the text says when something happened or for how long ("for four years"), what
+  "when" and "how long" questions need.
+
+A question's dates are read as written: a month without a year becomes ``moy:MM``, never a
+guess at the year, so what a search finds does not depend on the day it runs.
 
 Every pattern here is linear-time: single character classes and alternations of literals, no
 nested quantifiers (user text reaches them).
@@ -49,7 +54,13 @@ _ABSOLUTE = re.compile(
 _YEAR = re.compile(r"\b((?:19|20)\d\d)\b")
 _ISO = re.compile(r"\b((?:19|20)\d\d)-(\d\d)-(\d\d)\b")
 _WHEN = re.compile(
-    r"\b(when|what (?:date|day|time|year|month)|how long ago|which (?:year|month|day))\b",
+    r"\b(when|what (?:date|day|time|year|month)|how long|which (?:year|month|day)|"
+    r"how many (?:years|months|weeks|days))\b",
+    re.IGNORECASE,
+)
+_DURATION = re.compile(
+    r"\b(?:for|since) (?:the (?:past|last) )?(?:\d{1,3}|a couple of|a few|an|a|one|two|three|"
+    r"four|five|six|seven|eight|nine|ten|several|many) (?:days?|weeks?|months?|years?)\b",
     re.IGNORECASE,
 )
 # Capitalised but everyday: sentence starts, greetings, pronouns, question words.
@@ -77,10 +88,10 @@ def item_keys(content: str, created_at: datetime) -> list[str]:
         keys.add(f"speaker:{speaker.group(1).lower()}")
         body = content[speaker.end() :]
     keys.update(f"name:{n}" for n in names(body))
-    mentioned = mentioned_dates(body, created_at.date())
-    for day in mentioned:
-        keys.update(_date_keys(day))
-    if mentioned or _YEAR.search(body):
+    mentioned = _mentions(body, created_at.date())
+    for day, precision in mentioned:
+        keys.update(_date_keys(day, precision))
+    if mentioned or _YEAR.search(body) or _DURATION.search(body):
         keys.add("time")
     return sorted(keys)
 
@@ -96,10 +107,22 @@ class QueryKeys:
                       | self.dates)  # fmt: skip
 
 
-def query_keys(question: str, today: date) -> QueryKeys:
+def query_keys(question: str) -> QueryKeys:
+    """The names, dates and kind of a question; its dates exactly as precise as written."""
+    question = question[:20000]
     dates: set[str] = set()
-    for day in mentioned_dates(question, today, relative=False):
-        dates.update(_date_keys(day, precise=False))
+    for m in _ABSOLUTE.finditer(question):
+        month, day, year = _MONTHS[m.group(2).lower()], m.group(1) or m.group(3), m.group(4)
+        if m.group(2).lower() == "may" and not (day or year):
+            continue
+        dates.add(f"moy:{month:02d}")
+        if year:
+            dates.update((f"month:{year}-{month:02d}", f"year:{year}"))
+            if day and 1 <= int(day) <= 31:
+                dates.add(f"date:{_safe_date(int(year), month, int(day)):%Y-%m-%d}")
+    for m in _ISO.finditer(question):
+        if 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
+            dates.update(_date_keys(_safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))))
     for match in _YEAR.finditer(question):
         dates.add(f"year:{match.group(1)}")
     return QueryKeys(frozenset(names(question)), frozenset(dates), bool(_WHEN.search(question)))
@@ -120,36 +143,42 @@ def names(text: str) -> list[str]:
     return found
 
 
-def mentioned_dates(text: str, anchor: date, *, relative: bool = True) -> list[date]:
+def mentioned_dates(text: str, anchor: date) -> list[date]:
     """Dates the text names; relative ones resolved against ``anchor`` (the item's date)."""
+    return [day for day, _ in _mentions(text, anchor)]
+
+
+def _mentions(text: str, anchor: date) -> list[tuple[date, str]]:
+    """Each date the text names, with how precisely: ``day``, ``month`` or ``year``."""
     text = text[:20000]
-    days: list[date] = []
-    if relative:
-        days.extend(d for m in _RELATIVE.finditer(text) if (d := _resolve(m, anchor)))
+    days = [found for m in _RELATIVE.finditer(text) if (found := _resolve(m, anchor))]
     for m in _ABSOLUTE.finditer(text):
         month = _MONTHS[m.group(2).lower()]
         year = int(m.group(4)) if m.group(4) else anchor.year
-        day = int(m.group(1) or m.group(3) or 15)
-        if m.group(2).lower() == "may" and not (m.group(1) or m.group(3) or m.group(4)):
+        day = m.group(1) or m.group(3)
+        if m.group(2).lower() == "may" and not (day or m.group(4)):
             continue  # "may" alone is a verb far more often than a month
-        if 1 <= day <= 31:
-            days.append(_safe_date(year, month, day))
+        if day is None:
+            days.append((_safe_date(year, month, 15), "month"))
+        elif 1 <= int(day) <= 31:
+            days.append((_safe_date(year, month, int(day)), "day"))
     for m in _ISO.finditer(text):
         if 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
-            days.append(_safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3))))
+            days.append((_safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3))), "day"))
     return days
 
 
-def _resolve(match: re.Match[str], anchor: date) -> date | None:
+def _resolve(match: re.Match[str], anchor: date) -> tuple[date, str] | None:
     phrase = match.group(1).lower()
     if match.group(3):  # "<n> <unit>s ago"
-        count = match.group(2).lower()
+        count, unit = match.group(2).lower(), match.group(3).lower().rstrip("s")
         n = int(count) if count.isdigit() else _NUMBERS.get(count, 1)
-        return anchor - timedelta(days=n * _UNITS[match.group(3).lower()])
+        precision = {"month": "month", "year": "year"}.get(unit, "day")
+        return anchor - timedelta(days=n * _UNITS[unit]), precision
     if phrase in ("today", "tonight", "this morning"):
-        return anchor
+        return anchor, "day"
     if phrase in ("yesterday", "last night"):
-        return anchor - timedelta(days=1)
+        return anchor - timedelta(days=1), "day"
     when, unit = phrase.split(" ", 1)
     step = {"last": -1, "past": -1, "this": 0, "next": 1}[when]
     if unit in _WEEKDAYS:
@@ -158,19 +187,21 @@ def _resolve(match: re.Match[str], anchor: date) -> date | None:
             delta = delta - 7 if delta >= 0 else delta
         elif step > 0:
             delta = delta + 7 if delta <= 0 else delta
-        return anchor + timedelta(days=delta)
+        return anchor + timedelta(days=delta), "day"
     if unit in ("week", "weekend"):
-        return anchor + timedelta(days=7 * step)
+        return anchor + timedelta(days=7 * step), "day"
     if unit == "month":
         month = anchor.month + step
         year = anchor.year + (month - 1) // 12
-        return _safe_date(year, (month - 1) % 12 + 1, 15)
-    return _safe_date(anchor.year + step, 7, 1)  # a year: only its year key is meaningful
+        return _safe_date(year, (month - 1) % 12 + 1, 15), "month"
+    return _safe_date(anchor.year + step, 7, 1), "year"
 
 
-def _date_keys(day: date, *, precise: bool = True) -> list[str]:
-    keys = [f"month:{day:%Y-%m}", f"year:{day:%Y}"]
-    return [f"date:{day:%Y-%m-%d}", *keys] if precise else keys
+def _date_keys(day: date, precision: str = "day") -> list[str]:
+    keys = [f"year:{day:%Y}"]
+    if precision != "year":
+        keys += [f"month:{day:%Y-%m}", f"moy:{day:%m}"]
+    return [f"date:{day:%Y-%m-%d}", *keys] if precision == "day" else keys
 
 
 def _safe_date(year: int, month: int, day: int) -> date:

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-INDEX_VERSION = 1  # bump when what the worker indexes changes: `cmg memory reindex` redoes it
+INDEX_VERSION = 2  # bump when what the worker indexes changes: `cmg memory reindex` redoes it
 QUOTE_CHARS = 1000  # of each neighbour: a long answer adds its start, not its whole text
 TURN_KINDS = ("message", "note")
 

@@ -14,7 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -251,7 +250,7 @@ class Memory:
         explain: bool = False,
     ) -> list[Hit]:
         """Every leg, widened by neighbours and sessions, ranked by the fitted model."""
-        qkeys = query_keys(query, date.today())
+        qkeys = query_keys(query)
         literal = await vector
         legs: dict[str, list[Hit]] = {}
         if literal is not None:
@@ -261,7 +260,7 @@ class Memory:
         legs["lexical"] = lexical[1] if lexical else []
         by_entity = lexical[2] if lexical else None
         if by_entity is None:
-            by_entity = await entity_leg(conn, filters, query_keys(query, date.today()).all(),
+            by_entity = await entity_leg(conn, filters, qkeys.all(),
                                          depth, literal)  # fmt: skip
         legs["entity"] = by_entity
         found = candidates.pool(legs)
@@ -292,7 +291,7 @@ class Memory:
             )
             if vector is None:
                 return terms, hits, None
-            keys = query_keys(query, date.today()).all()
+            keys = query_keys(query).all()
             return terms, hits, await entity_leg(conn, filters, keys, depth, await vector)
 
 
