@@ -47,6 +47,7 @@ W_CONTEXT = 0.5  # a neighbour's words count half as much as the item's own (REA
 _BM25_K1 = 1.2
 _BM25_B = 0.75
 _MAX_QUERY_LEXEMES = 16
+_MIN_QUERY_LEXEMES = 2  # when every lexeme is common, the rarest ones still search
 _COMMON_FRACTION = 0.02  # lexemes in more than 2% of the documents add noise, not signal
 _CANDIDATE_DOCS = 1000  # the lexical leg's candidates come from the rarest lexemes up to this
 
@@ -284,10 +285,11 @@ async def query_terms(conn: Conn, filters: Filters, query: str, counts: DocCount
     total, avg_len = await counts.get(conn, filters.workspace_id)
     df = {lexeme: int(count) for lexeme, count in stats}
     idf = {lexeme: _idf(total, count) for lexeme, count in df.items()}
-    useful = sorted(
-        (lex for lex, count in df.items() if total < 20 or count <= _COMMON_FRACTION * total),
-        key=lambda lex: (df[lex], lex),
-    )[:_MAX_QUERY_LEXEMES]
+    known = sorted((lex for lex, count in df.items() if count), key=lambda lex: (df[lex], lex))
+    useful = [lex for lex in known if total < 20 or df[lex] <= _COMMON_FRACTION * total]
+    # A question made only of common words still searches by its rarest ones: in one end
+    # user's memory "hike" can be in 3% of the turns and still be what the question is about.
+    useful = (useful or known[:_MIN_QUERY_LEXEMES])[:_MAX_QUERY_LEXEMES]
     return QueryTerms(df, idf, useful, total, avg_len)
 
 

@@ -205,6 +205,19 @@ def test_the_entity_leg_finds_turns_by_a_named_person(http: httpx.Client, tenant
     assert by_id[ids[0]]["explain"]["features"]["speaker"] == 1.0
 
 
+def test_a_question_of_only_common_words_still_searches_by_its_rarest(
+    http: httpx.Client, tenant: Tenant
+) -> None:
+    # "zorbing" is in every turn of this workspace: far past the share at which a lexeme is
+    # dropped as noise. With nothing rarer in the question, it must still search by it.
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    turns = [f"Andrew: zorbing plan number {i} with the dogs" for i in range(24)]
+    ids = add(http, tenant, *conversation(f"t-{user}", user, *turns))
+    hits = explained(http, tenant, "When are we going zorbing?", user=user)
+    lexical = [h for h in hits if "lexical" in h["explain"]["legs"]]
+    assert lexical and {h["id"] for h in lexical} <= set(ids)
+
+
 def test_widening_adds_the_top_hits_neighbours_and_their_sessions_turns(
     http: httpx.Client, tenant: Tenant, services: Services
 ) -> None:
