@@ -43,7 +43,7 @@ from bench.run import BENCH_PYTHON, _shared_dir
 from bench.scenarios import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_RPS = 200
+TARGET_RPS = 100  # issue #11: memory-on chat >= 100 req/s at c=16
 SCENARIO = Scenario("memory-on", "recall + inject + save every turn", headers={"X-Memory": "on"})
 _LUA = r"""
 local bodies = {}
