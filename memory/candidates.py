@@ -124,16 +124,16 @@ async def _hydrate(
     lexemes = sorted(terms.idf, key=lambda t: -terms.idf[t])[:_MAX_LEXEMES] if terms else []
     params.update(threads=list(threads), ids=ids, m=SESSION_TURNS * len(threads))
     params.update({f"t{i}": _quote_lexeme(t) for i, t in enumerate(lexemes)})
-    similarity, near = "NULL::float8", "created_at DESC"
+    distance, near = "NULL::float8", "created_at DESC"
     if vector is not None:
         params["q"] = vector
-        similarity, near = "1 - (embedding <=> %(q)s::vector)", "embedding <=> %(q)s::vector"
+        distance, near = "embedding <=> %(q)s::vector", "distance"  # each vector compared once
     matches = ", ".join(
         f"{col} @@ %(t{i})s::tsquery" for col in ("tsv", "ctx_tsv") for i in range(len(lexemes))
     )
     tf = f"ARRAY[{matches}]::bool[]" if lexemes else "ARRAY[]::bool[]"
     select = (
-        f"SELECT {_COLUMNS}, keys, {similarity} AS similarity, "
+        f"SELECT {_COLUMNS}, keys, {distance} AS distance, "
         f"length(tsv), length(ctx_tsv), {tf} "
         f"FROM memory_items WHERE {where} AND embedding IS NOT NULL"
     )
@@ -143,7 +143,7 @@ async def _hydrate(
             f" UNION ALL ({select} AND thread_id = ANY(%(threads)s::text[]) "
             f"AND NOT (id = ANY(%(ids)s::uuid[])) ORDER BY {near} LIMIT %(m)s)"
         )
-    cursor = await conn.execute(statement, params)
+    cursor = await conn.execute(statement, params, binary=True)
     added = []
     for row in await cursor.fetchall():
         hit = _hit(row)
@@ -151,7 +151,7 @@ async def _hydrate(
         if candidate is None:
             candidate = found[hit.id] = Candidate(hit)
             added.append(hit.id)
-        candidate.hit.similarity = None if row[12] is None else float(row[12])
+        candidate.hit.similarity = None if row[12] is None else 1 - float(row[12])
         candidate.context_ids = hit.context_ids
         candidate.keys = frozenset(row[11] or ())
         if terms is not None:
