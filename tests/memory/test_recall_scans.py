@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from memory import candidates
 from memory.db import ReadPool
 from memory.recall import Filters, entity_leg, vector_leg, vector_literal
 from tests.conftest import Services, make_tenant
@@ -132,6 +133,30 @@ def test_a_scoped_vector_leg_never_reads_another_end_user_or_workspace(
         assert alice <= set(scopes["alice_ids"])
         assert bob <= set(scopes["bob_ids"])
     assert whole <= set(scopes["alice_ids"]) | set(scopes["bob_ids"])
+
+
+def test_the_candidate_read_fills_new_rows_whole_and_only_within_the_scope(
+    services: Services, scopes: dict[str, Any]
+) -> None:
+    query, filters = vector_literal(scopes["query"]), Filters(scopes["ws"], "alice")
+    bobs, elsewhere = scopes["bob_ids"][0], scopes["elsewhere_ids"][0]
+
+    async def work(conn: Any) -> tuple[dict[uuid.UUID, Any], dict[uuid.UUID, Any], list[Any]]:
+        hits = await vector_leg(conn, filters, query, 3)
+        legs = {h.id: (h, h.similarity) for h in hits}
+        found = candidates.pool({"vector": hits})
+        extra = next(i for i in reversed(scopes["alice_ids"]) if i not in found)
+        ids = [*found, extra, bobs, elsewhere]
+        return legs, found, await candidates._hydrate(conn, filters, found, ids, None, query)
+
+    legs, found, added = read(services, work)
+    (extra,) = added  # neither Bob's item nor the other workspace's, though their ids were asked
+    assert found[extra].hit.content.endswith("of alice") and found[extra].hit.end_user == "alice"
+    assert found[extra].hit.thread_id and found[extra].hit.similarity is not None
+    for item_id, (hit, similarity) in legs.items():  # what the legs read stays as it was
+        assert found[item_id].hit is hit and hit.content.endswith("of alice")
+        assert hit.similarity == similarity
+    assert bobs not in found and elsewhere not in found
 
 
 def test_read_connections_plan_each_statement_for_its_own_values(services: Services) -> None:
