@@ -147,7 +147,7 @@ async def _hydrate(
             f" UNION ALL ({select} AND thread_id = ANY(%(threads)s::text[]) "
             f"AND NOT (id = ANY(%(ids)s::uuid[])) ORDER BY {near} LIMIT %(m)s)"
         )
-    cursor = await conn.execute(statement, params, binary=True)
+    cursor = await conn.execute(statement, params, binary=True, prepare=False)
     added = []
     for row in await cursor.fetchall():
         candidate = found.get(row[0])

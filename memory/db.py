@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -50,12 +50,6 @@ class ReadPool:
     A connection error drops every pooled connection (the server restarted, most likely).
     A recall holds two connections at once (the legs overlap), so the pool keeps 20: with 10,
     16 concurrent requests opened and closed overflow connections all the time (measured).
-
-    psycopg prepares a statement run five times on a connection, and Postgres then settles on one
-    generic plan for every parameter value. Recall's best plan depends on the values: a name in
-    30 items wants the keys index, a year in all of them the newest-first walk; a small end user
-    an exact scan, a large one HNSW. A generic plan chose the walk for a rare name: 70 ms instead
-    of 1.5 (README "Recall latency"), so these connections plan every statement for its values.
     """
 
     def __init__(self, database_url: str, *, pool_size: int = 20) -> None:
@@ -65,7 +59,6 @@ class ReadPool:
             pool_size=pool_size,
             max_overflow=pool_size // 2,
             pool_recycle=1800,
-            connect_args=_custom_plans(database_url),
         )
 
     @contextlib.asynccontextmanager
@@ -82,13 +75,6 @@ class ReadPool:
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-def _custom_plans(database_url: str) -> dict[str, str]:
-    """``options`` for psycopg's connect: the URL's own, plus planning for each execution."""
-    options = make_url(sqlalchemy_url(database_url)).query.get("options", "")
-    options = options if isinstance(options, str) else " ".join(options)
-    return {"options": f"{options} -c plan_cache_mode=force_custom_plan".strip()}
 
 
 def sync_engine(database_url: str) -> Engine:

@@ -19,7 +19,14 @@ import pytest
 
 from memory import candidates
 from memory.db import ReadPool
-from memory.recall import Filters, entity_leg, vector_leg, vector_literal
+from memory.recall import (
+    DocCounts,
+    Filters,
+    entity_leg,
+    lexical_leg,
+    vector_leg,
+    vector_literal,
+)
 from tests.conftest import Services, make_tenant
 
 T = TypeVar("T")
@@ -159,12 +166,28 @@ def test_the_candidate_read_fills_new_rows_whole_and_only_within_the_scope(
     assert bobs not in found and elsewhere not in found
 
 
-def test_read_connections_plan_each_statement_for_its_own_values(services: Services) -> None:
-    async def mode(conn: Any) -> str:
-        row = await (await conn.execute("SHOW plan_cache_mode")).fetchone()
-        return str(row[0])
+def test_the_legs_and_the_candidate_read_are_planned_for_each_calls_values(
+    services: Services, scopes: dict[str, Any]
+) -> None:
+    """Never prepared: a prepared statement would settle on one generic plan for every value."""
+    query = vector_literal(scopes["query"])
 
-    assert read(services, mode) == "force_custom_plan"
+    async def prepared(conn: Any) -> list[str]:
+        counts = DocCounts()
+        for user in ["alice", "bob", None] * 3:  # past psycopg's prepare threshold (5)
+            filters = Filters(scopes["ws"], user)
+            hits = await vector_leg(conn, filters, query, 10)
+            await lexical_leg(conn, filters, "turn of alice", 10, counts, exact=False)
+            await entity_leg(conn, filters, ["year:2024"], 10, query)
+            found = candidates.pool({"vector": hits})
+            await candidates._hydrate(conn, filters, found, list(found), None, query,
+                                      threads=["alice-t0"])  # fmt: skip
+        cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+        return [str(statement) for (statement,) in await cursor.fetchall()]
+
+    statements = read(services, prepared)
+    assert statements  # psycopg did prepare the statements that are the same for every value
+    assert not [s for s in statements if "memory_items" in s and "ORDER BY" in s]
 
 
 def test_the_entity_leg_across_a_workspace_returns_the_newest_items_sharing_a_key(
