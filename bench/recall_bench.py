@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import time
@@ -245,6 +246,10 @@ async def _in_process(database_url: str, stage: Stage, args: argparse.Namespace)
 
     reads = ReadPool(database_url, pool_size=4)
     embedder = LocalMiniLM(threads=1)
+    # As the gateway's lifespan does: what is loaded by now lives as long as the process, out
+    # of the collector's sight; else a full collection stalls a search for ~60 ms now and then.
+    gc.collect()
+    gc.freeze()
     everyone = recall.Filters(stage.workspace)
     depth = args.candidates
     try:

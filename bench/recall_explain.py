@@ -27,11 +27,11 @@ class _Explaining:
         self._conn = conn
         self.plans: list[str] = []
 
-    async def execute(self, sql: str, params: Any = None) -> Any:
+    async def execute(self, sql: str, params: Any = None, **options: Any) -> Any:
         if sql.startswith(f"SELECT {recall._COLUMNS}"):
             cursor = await self._conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
             self.plans.append("\n".join(str(r[0]) for r in await cursor.fetchall()))
-        return await self._conn.execute(sql, params)
+        return await self._conn.execute(sql, params, **options)
 
 
 async def explain_legs(

@@ -37,6 +37,7 @@ from memory.recall import (
     _quote_lexeme,
 )
 
+_WHOLE = _COLUMNS.split(", ")[1:-1]  # between id and context_ids
 PRELIM = 10  # the hits whose neighbours join the pool
 SESSIONS = 3  # the best sessions whose turns join the pool
 SESSION_TURNS = 30  # at most, per session, nearest the query first
@@ -124,35 +125,37 @@ async def _hydrate(
     lexemes = sorted(terms.idf, key=lambda t: -terms.idf[t])[:_MAX_LEXEMES] if terms else []
     params.update(threads=list(threads), ids=ids, m=SESSION_TURNS * len(threads))
     params.update({f"t{i}": _quote_lexeme(t) for i, t in enumerate(lexemes)})
-    similarity, near = "NULL::float8", "created_at DESC"
+    distance, near = "NULL::float8", "created_at DESC"
     if vector is not None:
         params["q"] = vector
-        similarity, near = "1 - (embedding <=> %(q)s::vector)", "embedding <=> %(q)s::vector"
+        distance, near = "embedding <=> %(q)s::vector", "distance"  # each vector compared once
     matches = ", ".join(
         f"{col} @@ %(t{i})s::tsquery" for col in ("tsv", "ctx_tsv") for i in range(len(lexemes))
     )
     tf = f"ARRAY[{matches}]::bool[]" if lexemes else "ARRAY[]::bool[]"
-    select = (
-        f"SELECT {_COLUMNS}, keys, {similarity} AS similarity, "
-        f"length(tsv), length(ctx_tsv), {tf} "
-        f"FROM memory_items WHERE {where} AND embedding IS NOT NULL"
+    rest = f"keys, {distance} AS distance, length(tsv), length(ctx_tsv), {tf} FROM memory_items "
+    rest += f"WHERE {where} AND embedding IS NOT NULL"
+    select = f"SELECT {_COLUMNS}, {rest}"
+    # The legs read their hits whole already: of those, only what the legs did not read.
+    params["new"] = [i for i in ids if i not in found]
+    again = [f"CASE WHEN id = ANY(%(new)s::uuid[]) THEN {c} END" for c in _WHOLE]
+    statement = (
+        f"(SELECT id, {', '.join(again)}, context_ids, {rest} AND id = ANY(%(ids)s::uuid[]))"
     )
-    statement = f"({select} AND id = ANY(%(ids)s::uuid[]))"
     if threads:
         statement += (
             f" UNION ALL ({select} AND thread_id = ANY(%(threads)s::text[]) "
             f"AND NOT (id = ANY(%(ids)s::uuid[])) ORDER BY {near} LIMIT %(m)s)"
         )
-    cursor = await conn.execute(statement, params)
+    cursor = await conn.execute(statement, params, binary=True, prepare=False)
     added = []
     for row in await cursor.fetchall():
-        hit = _hit(row)
-        candidate = found.get(hit.id)
+        candidate = found.get(row[0])
         if candidate is None:
-            candidate = found[hit.id] = Candidate(hit)
-            added.append(hit.id)
-        candidate.hit.similarity = None if row[12] is None else float(row[12])
-        candidate.context_ids = hit.context_ids
+            candidate = found[row[0]] = Candidate(_hit(row))
+            added.append(row[0])
+        candidate.hit.similarity = None if row[12] is None else 1 - float(row[12])
+        candidate.context_ids = list(row[10] or ())
         candidate.keys = frozenset(row[11] or ())
         if terms is not None:
             present = row[15] or []

@@ -135,7 +135,8 @@ class Memory:
             return vector
 
         # While the query is embedded (in a thread), the lexical leg runs on its own connection
-        # and this one reads the thread and its summary; only the vector leg waits for the vector.
+        # and this one reads the thread and its summary (and, across a whole workspace, runs the
+        # entity leg); only the vector leg, and a scoped entity leg, wait for the vector.
         async with (
             _meanwhile(embed() if query else _nothing()) as vector,
             _meanwhile(
@@ -212,7 +213,8 @@ class Memory:
         embedding = self.embed_query(query) if "vector" in legs else _nothing()
         lexical = "lexical" in legs and query.strip()
         # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
-        # connection (then the entity leg, once the vector is there).
+        # connection (then a scoped entity leg, once the vector is there), and across a whole
+        # workspace the entity leg on this one.
         async with (
             _meanwhile(embedding) as vector,
             _meanwhile(
@@ -251,6 +253,9 @@ class Memory:
     ) -> list[Hit]:
         """Every leg, widened by neighbours and sessions, ranked by the fitted model."""
         qkeys = query_keys(query)
+        by_entity = None
+        if not _scoped(filters):  # newest first, no vector needed: while the query is embedded
+            by_entity = await entity_leg(conn, filters, qkeys.all(), depth)
         literal = await vector
         legs: dict[str, list[Hit]] = {}
         if literal is not None:
@@ -258,10 +263,9 @@ class Memory:
         lexical = await text
         terms = lexical[0] if lexical else None
         legs["lexical"] = lexical[1] if lexical else []
-        by_entity = lexical[2] if lexical else None
+        by_entity = by_entity if by_entity is not None else lexical[2] if lexical else None
         if by_entity is None:
-            by_entity = await entity_leg(conn, filters, qkeys.all(),
-                                         depth, literal)  # fmt: skip
+            by_entity = await entity_leg(conn, filters, qkeys.all(), depth, literal)
         legs["entity"] = by_entity
         found = candidates.pool(legs)
         await candidates.widen(conn, filters, found, terms, literal)
@@ -283,16 +287,21 @@ class Memory:
     async def _lexical(
         self, filters: Filters, query: str, depth: int, vector: Awaitable[str | None] | None
     ) -> tuple[QueryTerms, list[Hit], list[Hit] | None]:
-        """The lexical leg; with ``vector``, then the entity leg on the same connection."""
+        """The lexical leg; with ``vector``, then (within an end user or thread: it orders by
+        the vector) the entity leg on the same connection."""
         async with self.reads.connection() as conn:
             terms = await query_terms(conn, filters, query, self.counts)
             hits = await lexical_leg(
                 conn, filters, query, depth, self.counts, terms, exact=vector is None
             )
-            if vector is None:
+            if vector is None or not _scoped(filters):
                 return terms, hits, None
             keys = query_keys(query).all()
             return terms, hits, await entity_leg(conn, filters, keys, depth, await vector)
+
+
+def _scoped(filters: Filters) -> bool:
+    return filters.end_user is not None or filters.thread_id is not None
 
 
 def _explain(c: candidates.Candidate) -> dict[str, Any]:

@@ -165,3 +165,33 @@ def test_a_failing_vector_leg_cancels_the_lexical_leg_and_raises_its_own_error(
     with pytest.raises(ConnectionError, match="went away"):
         asyncio.run(memory.search(Filters(WORKSPACE), "where is the ferry", 10))
     assert cancelled == [True]
+
+
+def test_across_a_workspace_the_entity_leg_runs_while_the_query_is_embedded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Newest first across a workspace needs no vector; within an end user it orders by it."""
+    calls: list[tuple[str | None, bool, str | None]] = []
+    query = "where is Caroline's ferry"
+    memory: Memory
+
+    async def lexical_leg(*_: Any, **__: Any) -> list[Hit]:
+        memory.lexical_started.set()  # type: ignore[attr-defined]
+        return []
+
+    async def vector_leg(*_: Any, **__: Any) -> list[Hit]:
+        return []
+
+    async def entity_leg(
+        _: Any, filters: Filters, keys: Sequence[str], n: int, vector: str | None = None
+    ) -> list[Hit]:
+        calls.append((filters.end_user, query in memory._vectors, vector))
+        return []
+
+    memory = _memory(monkeypatch, vector_leg, lexical_leg)
+    monkeypatch.setattr(service, "entity_leg", entity_leg)
+    asyncio.run(memory.search(Filters(WORKSPACE), query, 10))
+    memory.lexical_started.clear()  # type: ignore[attr-defined]
+    memory._vectors.clear()
+    asyncio.run(memory.search(Filters(WORKSPACE, "alice"), query, 10))
+    assert calls == [(None, False, None), ("alice", True, "[1,1,1]")]
