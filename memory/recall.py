@@ -104,6 +104,11 @@ class Filters:
     end_user: str | None = None
     thread_id: str | None = None
 
+    @property
+    def scoped(self) -> bool:
+        """Within one end user or thread: a few thousand rows, not a whole workspace."""
+        return self.end_user is not None or self.thread_id is not None
+
     def sql(self) -> tuple[str, dict[str, Any]]:
         clauses = ["workspace_id = %(ws)s", "superseded_by IS NULL"]
         params: dict[str, Any] = {"ws": uuid.UUID(self.workspace_id)}
@@ -328,7 +333,7 @@ async def lexical_leg(
     # items match through their neighbours' words too. Across a whole large workspace that
     # doubles the rows scored (README "Recall latency"): there only the widening (the top
     # hits' neighbours) brings the context in.
-    scoped = filters.end_user is not None or filters.thread_id is not None
+    scoped = filters.scoped
     candidates = useful if scoped else _rarest(useful, df)
     around, either = "0", "tsv @@ %(tsq)s::tsquery"
     if scoped:
@@ -381,7 +386,7 @@ async def entity_leg(
     where, params = filters.sql()
     params.update(keys=list(keys)[:_MAX_QUERY_LEXEMES], n=n)
     order = "created_at DESC"
-    if filters.end_user is not None or filters.thread_id is not None:
+    if filters.scoped:
         order = (
             "cardinality(ARRAY(SELECT unnest(keys) INTERSECT SELECT unnest(%(keys)s::text[]))) "
             "DESC, " + ("embedding <=> %(q)s::vector" if vector is not None else order)

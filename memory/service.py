@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory import candidates, context, store
 from memory.db import ReadPool
 from memory.embedder import Embedder
-from memory.keys import query_keys
+from memory.keys import QueryKeys, query_keys
 from memory.offload import offload, text_size
 from memory.ranker import Ranker
 from memory.recall import (
@@ -128,6 +128,7 @@ class Memory:
         query = query_text(turns)
         filters = Filters(scope.workspace_id, scope.end_user)
         depth = self.knobs.candidates
+        qkeys = query_keys(query)
 
         async def embed() -> str:
             vector = await self.embed_query(query)
@@ -140,7 +141,7 @@ class Memory:
         async with (
             _meanwhile(embed() if query else _nothing()) as vector,
             _meanwhile(
-                self._lexical(filters, query, depth, vector) if query else _nothing()
+                self._lexical(filters, query, depth, qkeys, vector) if query else _nothing()
             ) as text,
         ):
             # Counting, redacting and hashing the whole history: off the loop when it is big.
@@ -156,7 +157,7 @@ class Memory:
                     )
                 if not (dropped or len(turns) < next_position):
                     summary = None  # the request carries the thread's early history itself
-                hits = await self._rank(conn, filters, query, vector, text, depth)
+                hits = await self._rank(conn, filters, qkeys, vector, text, depth)
         hits = [h for h in hits if h.content_hash not in exclude and self._relevant(h)]
         hits = hits[: self.knobs.max_items * 3]
         if summary is not None:
@@ -210,6 +211,7 @@ class Memory:
     ) -> list[Hit]:  # fmt: skip
         """The memory API's search: the same pipeline as chat recall, or one leg alone."""
         depth = max(self.knobs.candidates, k) if len(legs) == 1 else self.knobs.candidates
+        qkeys = query_keys(query)
         embedding = self.embed_query(query) if "vector" in legs else _nothing()
         lexical = "lexical" in legs and query.strip()
         # The embedding starts first (in a thread); the lexical leg runs meanwhile on its own
@@ -218,14 +220,14 @@ class Memory:
         async with (
             _meanwhile(embedding) as vector,
             _meanwhile(
-                self._lexical(filters, query, depth, vector if len(legs) > 1 else None)
+                self._lexical(filters, query, depth, qkeys, vector if len(legs) > 1 else None)
                 if lexical
                 else _nothing()
             ) as text,
         ):
             async with self.reads.connection() as conn:
                 if len(legs) > 1:
-                    hits = await self._rank(conn, filters, query, vector, text, depth, explain)
+                    hits = await self._rank(conn, filters, qkeys, vector, text, depth, explain)
                     return hits[:k]
                 by_vector = None
                 if "vector" in legs:
@@ -245,16 +247,15 @@ class Memory:
         self,
         conn: Any,
         filters: Filters,
-        query: str,
+        qkeys: QueryKeys,
         vector: Awaitable[str | None],
         text: Awaitable[tuple[QueryTerms, list[Hit], list[Hit] | None] | None],
         depth: int,
         explain: bool = False,
     ) -> list[Hit]:
         """Every leg, widened by neighbours and sessions, ranked by the fitted model."""
-        qkeys = query_keys(query)
         by_entity = None
-        if not _scoped(filters):  # newest first, no vector needed: while the query is embedded
+        if not filters.scoped:  # newest first, no vector needed: while the query is embedded
             by_entity = await entity_leg(conn, filters, qkeys.all(), depth)
         literal = await vector
         legs: dict[str, list[Hit]] = {}
@@ -285,7 +286,12 @@ class Memory:
         return hit.matched or (hit.similarity or 0.0) >= self.knobs.min_similarity
 
     async def _lexical(
-        self, filters: Filters, query: str, depth: int, vector: Awaitable[str | None] | None
+        self,
+        filters: Filters,
+        query: str,
+        depth: int,
+        qkeys: QueryKeys,
+        vector: Awaitable[str | None] | None,
     ) -> tuple[QueryTerms, list[Hit], list[Hit] | None]:
         """The lexical leg; with ``vector``, then (within an end user or thread: it orders by
         the vector) the entity leg on the same connection."""
@@ -294,14 +300,9 @@ class Memory:
             hits = await lexical_leg(
                 conn, filters, query, depth, self.counts, terms, exact=vector is None
             )
-            if vector is None or not _scoped(filters):
+            if vector is None or not filters.scoped:
                 return terms, hits, None
-            keys = query_keys(query).all()
-            return terms, hits, await entity_leg(conn, filters, keys, depth, await vector)
-
-
-def _scoped(filters: Filters) -> bool:
-    return filters.end_user is not None or filters.thread_id is not None
+            return terms, hits, await entity_leg(conn, filters, qkeys.all(), depth, await vector)
 
 
 def _explain(c: candidates.Candidate) -> dict[str, Any]:
