@@ -393,6 +393,37 @@ def test_the_migration_downgrades_cleanly_and_upgrades_again(services: Services)
         assert ours <= columns(url)
 
 
+def test_the_recent_items_index_comes_back_valid_over_an_interrupted_builds_leftover(
+    services: Services,
+) -> None:
+    from alembic import command
+
+    from memory import migrate
+
+    def recent(url: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "SELECT i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+                "WHERE c.relname = 'memory_items_recent'"
+            ).fetchall()
+
+    with own_database(services) as url:
+        assert recent(url) == [(True,)]
+        config = migrate.alembic_config(url)
+        command.downgrade(config, "0012")
+        assert recent(url) == []
+        # What an interrupted CONCURRENTLY build leaves behind: an index under the same name.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE INDEX memory_items_recent ON memory_items (created_at)")
+        command.upgrade(config, "head")
+        assert recent(url) == [(True,)]
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'memory_items_recent'"
+            ).fetchone()
+        assert row is not None and "(workspace_id, created_at)" in row[0]
+
+
 # --- the ranker's weights ---
 
 

@@ -18,8 +18,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("CREATE INDEX memory_items_recent ON memory_items (workspace_id, created_at)")
+    # Built CONCURRENTLY, outside the migration's transaction: the gateway keeps writing
+    # memory while a large table is indexed. A build that was interrupted leaves an invalid
+    # index under this name; it is dropped first (this revision is not applied yet, so
+    # nothing else made it).
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS memory_items_recent")
+        op.execute(
+            "CREATE INDEX CONCURRENTLY memory_items_recent ON memory_items "
+            "(workspace_id, created_at)"
+        )
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS memory_items_recent")
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS memory_items_recent")
