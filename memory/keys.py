@@ -22,6 +22,7 @@ nested quantifiers (user text reaches them).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -88,7 +89,7 @@ def item_keys(content: str, created_at: datetime) -> list[str]:
         keys.add(f"speaker:{speaker.group(1).lower()}")
         body = content[speaker.end() :]
     keys.update(f"name:{n}" for n in names(body))
-    mentioned = _mentions(body, created_at.date())
+    mentioned = mentioned_dates(body, created_at.date())
     for day, precision in mentioned:
         keys.update(_date_keys(day, precision))
     if mentioned or _YEAR.search(body) or _DURATION.search(body):
@@ -111,18 +112,12 @@ def query_keys(question: str) -> QueryKeys:
     """The names, dates and kind of a question; its dates exactly as precise as written."""
     question = question[:20000]
     dates: set[str] = set()
-    for m in _ABSOLUTE.finditer(question):
-        month, day, year = _MONTHS[m.group(2).lower()], m.group(1) or m.group(3), m.group(4)
-        if m.group(2).lower() == "may" and not (day or year):
+    for year, month, day in _written(question):
+        if year is None:
+            dates.add(f"moy:{month:02d}")
             continue
-        dates.add(f"moy:{month:02d}")
-        if year:
-            dates.update((f"month:{year}-{month:02d}", f"year:{year}"))
-            if day and 1 <= int(day) <= 31:
-                dates.add(f"date:{_safe_date(int(year), month, int(day)):%Y-%m-%d}")
-    for m in _ISO.finditer(question):
-        if 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
-            dates.update(_date_keys(_safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))))
+        day = day if day is not None and 1 <= day <= 31 else None  # out of range: the month
+        dates.update(_date_keys(_safe_date(year, month, day or 15), _precision(day)))
     for match in _YEAR.finditer(question):
         dates.add(f"year:{match.group(1)}")
     return QueryKeys(frozenset(names(question)), frozenset(dates), bool(_WHEN.search(question)))
@@ -143,29 +138,34 @@ def names(text: str) -> list[str]:
     return found
 
 
-def mentioned_dates(text: str, anchor: date) -> list[date]:
-    """Dates the text names; relative ones resolved against ``anchor`` (the item's date)."""
-    return [day for day, _ in _mentions(text, anchor)]
-
-
-def _mentions(text: str, anchor: date) -> list[tuple[date, str]]:
-    """Each date the text names, with how precisely: ``day``, ``month`` or ``year``."""
+def mentioned_dates(text: str, anchor: date) -> list[tuple[date, str]]:
+    """Each date the text names, with how precisely (``day``, ``month`` or ``year``); a
+    relative one, or one written without its year, resolved against ``anchor`` (the item's
+    date)."""
     text = text[:20000]
     days = [found for m in _RELATIVE.finditer(text) if (found := _resolve(m, anchor))]
+    for year, month, day in _written(text):
+        if day is None or 1 <= day <= 31:
+            days.append((_safe_date(year or anchor.year, month, day or 15), _precision(day)))
+    return days
+
+
+def _written(text: str) -> Iterator[tuple[int | None, int, int | None]]:
+    """(year, month, day) of each date written out ("8 May 2023", "June", "2023-05-08"); year
+    and day None where the text leaves them out. A day is as written: callers check its range."""
     for m in _ABSOLUTE.finditer(text):
-        month = _MONTHS[m.group(2).lower()]
-        year = int(m.group(4)) if m.group(4) else anchor.year
-        day = m.group(1) or m.group(3)
-        if m.group(2).lower() == "may" and not (day or m.group(4)):
+        day, year = m.group(1) or m.group(3), m.group(4)
+        if m.group(2).lower() == "may" and not (day or year):
             continue  # "may" alone is a verb far more often than a month
-        if day is None:
-            days.append((_safe_date(year, month, 15), "month"))
-        elif 1 <= int(day) <= 31:
-            days.append((_safe_date(year, month, int(day)), "day"))
+        month = _MONTHS[m.group(2).lower()]
+        yield int(year) if year else None, month, int(day) if day else None
     for m in _ISO.finditer(text):
         if 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
-            days.append((_safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3))), "day"))
-    return days
+            yield int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def _precision(day: int | None) -> str:
+    return "month" if day is None else "day"
 
 
 def _resolve(match: re.Match[str], anchor: date) -> tuple[date, str] | None:

@@ -118,9 +118,11 @@ def test_keys_hold_speaker_names_and_dates_resolved_against_the_item_date() -> N
     assert {"speaker:caroline", "name:melanie", "name:oslo", "time"} <= set(found)
     assert {"date:2023-05-08", "date:2023-05-07", "month:2023-06"} <= set(found)
     assert "name:i" not in found and "name:we" not in found
-    last_friday = item_keys.mentioned_dates("see you, we met last Friday", date(2023, 5, 8))
+    said = item_keys.mentioned_dates("see you, we met last Friday", date(2023, 5, 8))
+    last_friday = [d for d, _ in said]
     assert last_friday == [date(2023, 5, 5)]  # 8 May 2023 was a Monday
-    assert item_keys.mentioned_dates("two weeks ago", date(2023, 5, 8)) == [date(2023, 4, 24)]
+    ago = item_keys.mentioned_dates("two weeks ago", date(2023, 5, 8))
+    assert [d for d, _ in ago] == [date(2023, 4, 24)]
     asked = item_keys.query_keys("When did Caroline go to Oslo in June 2023?")
     assert asked.when and asked.names == {"caroline", "oslo"}
     assert asked.dates == {"month:2023-06", "moy:06", "year:2023"}
