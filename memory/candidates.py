@@ -37,7 +37,7 @@ from memory.recall import (
     _quote_lexeme,
 )
 
-_WHOLE = _COLUMNS.split(", ")[1:-1]  # between id and context_ids
+_WHOLE = _COLUMNS.split(", ")[1:]  # all but the id
 PRELIM = 10  # the hits whose neighbours join the pool
 SESSIONS = 3  # the best sessions whose turns join the pool
 SESSION_TURNS = 30  # at most, per session, nearest the query first
@@ -49,7 +49,6 @@ _MAX_LEXEMES = 16  # a session scores by the mean of its best hits
 class Candidate:
     hit: Hit
     legs: dict[str, tuple[int, float]] = field(default_factory=dict)  # leg: (rank, score)
-    context_ids: list[uuid.UUID] = field(default_factory=list)
     keys: frozenset[str] = frozenset()
     bm25: float = 0.0
     bm25_context: float = 0.0
@@ -139,9 +138,7 @@ async def _hydrate(
     # The legs read their hits whole already: of those, only what the legs did not read.
     params["new"] = [i for i in ids if i not in found]
     again = [f"CASE WHEN id = ANY(%(new)s::uuid[]) THEN {c} END" for c in _WHOLE]
-    statement = (
-        f"(SELECT id, {', '.join(again)}, context_ids, {rest} AND id = ANY(%(ids)s::uuid[]))"
-    )
+    statement = f"(SELECT id, {', '.join(again)}, {rest} AND id = ANY(%(ids)s::uuid[]))"
     if threads:
         statement += (
             f" UNION ALL ({select} AND thread_id = ANY(%(threads)s::text[]) "
@@ -149,13 +146,13 @@ async def _hydrate(
         )
     cursor = await conn.execute(statement, params, binary=True, prepare=False)
     added = []
+    mass = (sum(terms.idf.values()) or 1.0) if terms is not None else 1.0
     for row in await cursor.fetchall():
         candidate = found.get(row[0])
         if candidate is None:
             candidate = found[row[0]] = Candidate(_hit(row))
             added.append(row[0])
         candidate.hit.similarity = None if row[12] is None else 1 - float(row[12])
-        candidate.context_ids = list(row[10] or ())
         candidate.keys = frozenset(row[11] or ())
         if terms is not None:
             present = row[15] or []
@@ -163,7 +160,6 @@ async def _hydrate(
             around = {t for i, t in enumerate(lexemes) if present[len(lexemes) + i]}
             candidate.bm25 = _bm25(own, int(row[13]), terms, terms.avg_len)
             candidate.bm25_context = _bm25(around, int(row[14]), terms, 2 * terms.avg_len)
-            mass = sum(terms.idf.values()) or 1.0
             candidate.coverage = sum(terms.idf.get(t, 0.0) for t in own) / mass
             candidate.coverage_context = sum(terms.idf.get(t, 0.0) for t in own | around) / mass
     return added
@@ -196,7 +192,7 @@ def featurize(found: dict[uuid.UUID, Candidate], qkeys: QueryKeys) -> list[Candi
     mentions = {f"name:{n}" for n in qkeys.names}
     for c in cands:
         hid, keys, thread = c.hit.id, c.keys, c.hit.thread_id
-        near = [i for i in c.context_ids if i in found]
+        near = [i for i in c.hit.context_ids if i in found]
         named = sum(1 for n in qkeys.names if f"name:{n}" in keys or f"speaker:{n}" in keys)
         c.features = {
             "sim": sims[hid],
