@@ -272,7 +272,8 @@ class Memory:
         await candidates.widen(conn, filters, found, terms, literal)
         ranked = candidates.featurize(found, qkeys)
         ranker = self.knobs.ranker
-        order = {c.hit.id: i for i, c in enumerate(candidates.prelim(found))}
+        if ranker is None:  # the legs' RRF order (tests of the plumbing); prelim sorts the pool
+            order = {c.hit.id: i for i, c in enumerate(candidates.prelim(found))}
         for c in ranked:
             c.hit.score = ranker.score(c.features) if ranker else -float(order[c.hit.id])
             c.hit.lexical = c.bm25 + c.bm25_context if terms else c.hit.lexical
