@@ -332,6 +332,25 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
         yield c
 
 
+def usage_rows(
+    http: httpx.Client, tenant: Tenant, requests: int, *, group_by: str | None = "key,model",
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """``/v1/usage`` rows once they count ``requests`` or more: usage is written in batches."""
+    deadline = time.monotonic() + timeout
+    params = {"group_by": group_by} if group_by else {}
+    while True:
+        response = http.get(
+            "/v1/usage", params=params, headers={"Authorization": f"Bearer {tenant.key}"}
+        )
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        if sum(r["requests"] for r in data) >= requests:
+            return data
+        assert time.monotonic() < deadline, data
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def unique() -> str:
     """A fresh model-name suffix so scripted mock replies never leak between tests."""

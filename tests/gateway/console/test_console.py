@@ -21,7 +21,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.services import workspaces
-from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant, run_db
+from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, make_tenant, run_db, usage_rows
 from tests.gateway.console.conftest import shot
 from tests.memory.test_chat_memory import wait_embedded
 
@@ -44,16 +44,8 @@ def _traffic(gateway: Gateway, http: httpx.Client, tenant: Tenant) -> dict[str, 
         )  # fmt: skip
     request_id = raw.headers["x-request-id"]
     assert int(raw.headers["x-memory-items"]) >= 1
-    deadline = time.monotonic() + 15  # usage is written in batches
-    while not _usage_rows(http, tenant):
-        assert time.monotonic() < deadline, "no usage rows"
-        time.sleep(0.2)
+    usage_rows(http, tenant, 1, group_by=None, timeout=15)
     return {"marker": marker, "thread": thread, "request_id": request_id}
-
-
-def _usage_rows(http: httpx.Client, tenant: Tenant) -> list[Any]:
-    reply = http.get("/v1/usage", headers={"Authorization": f"Bearer {tenant.key}"})
-    return list(reply.json()["data"])
 
 
 def _sign_in(chrome: webdriver.Chrome, gateway: Gateway, key: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import local_services
-from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env
+from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, usage_rows
 from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
@@ -199,17 +199,8 @@ def test_usage_is_accounted_in_tokens_and_dollars(
     with gateway.client(tenant.key) as client:
         for _ in range(3):
             client.chat.completions.create(model="mock/gpt", messages=USER, extra_headers=OFF)
-    deadline = time.monotonic() + 10
-    while True:
-        data = http.get(
-            "/v1/usage",
-            params={"group_by": "model"},
-            headers={"Authorization": f"Bearer {tenant.key}"},
-        ).json()["data"]
-        if data and data[0]["requests"] == 3:
-            break
-        assert time.monotonic() < deadline, data
-        time.sleep(0.2)
+    data = usage_rows(http, tenant, 3, group_by="model")
+    assert data[0]["requests"] == 3
     row = data[0]
     assert row["model"] == "mock/gpt" and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
     expected = row["prompt_tokens"] * 0.000001 + row["completion_tokens"] * 0.000002

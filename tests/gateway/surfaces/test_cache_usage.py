@@ -7,7 +7,6 @@ The mock upstream reports a body field ``mock_cached_tokens`` back as
 
 from __future__ import annotations
 
-import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -17,26 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.services.catalog import Price
-from tests.conftest import Gateway, Services, Tenant, make_tenant
+from tests.conftest import Gateway, Services, Tenant, make_tenant, usage_rows
 from tests.memory.test_chat_memory import wait_embedded
 
 OFF = {"X-Memory": "off"}
-
-
-def usage_rows(http: httpx.Client, tenant: Tenant, requests: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    while True:
-        response = http.get(
-            "/v1/usage",
-            params={"group_by": "key,model"},
-            headers={"Authorization": f"Bearer {tenant.key}"},
-        )
-        assert response.status_code == 200, response.text
-        data: list[dict[str, Any]] = response.json()["data"]
-        if sum(r["requests"] for r in data) >= requests:
-            return data
-        assert time.monotonic() < deadline, data
-        time.sleep(0.2)
 
 
 def sample(text: str, name: str, **labels: str) -> float:
