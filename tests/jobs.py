@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from memory.embedder import LocalMiniLM
 from memory.outbox import EMBED, drain_sync, record, redis_client
 from memory.schema import MemoryItem, Thread, Workspace
 from memory.tokens import count_text
-from tests.conftest import ROOT, Services, clean_env, own_database
+from tests.conftest import ROOT, Services, clean_env, own_database, stop_group
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,23 @@ def worker_env(services: Services, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+@contextmanager
+def cmg_process(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``cmg <args>`` running for the block, in a process group of its own; stopped after."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
 
 
 def cmg(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

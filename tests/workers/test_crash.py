@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from redis import Redis
 from rq.job import Job
@@ -16,9 +13,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from memory.schema import OutboxRow
-from tests.conftest import ROOT, Services, stop_group
+from tests.conftest import Services
 from tests.jobs import (
     add_items,
+    cmg_process,
     embedded_count,
     expected_term_stats,
     new_workspace,
@@ -28,22 +26,6 @@ from tests.jobs import (
 )
 
 ITEMS = 128
-
-
-@contextmanager
-def running_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "worker", "--queues", "embed"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        stop_group(proc)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 40.0) -> None:
@@ -67,7 +49,7 @@ def test_a_job_killed_with_its_worker_is_retried_and_counts_each_item_once(
     job_id = f"outbox-{row.id}"
     env = worker_env(stack)
 
-    with running_worker(env) as first:
+    with cmg_process(env, "worker", "--queues", "embed") as first:
         wait_for(lambda: embedded_count(db, ids) >= 32)  # some batches committed, more to come
         os.killpg(first.pid, signal.SIGKILL)  # the worker and its scheduler, mid-job
         first.wait()
@@ -75,7 +57,7 @@ def test_a_job_killed_with_its_worker_is_retried_and_counts_each_item_once(
     assert 0 < done_before_kill < ITEMS
     assert Job.fetch(job_id, connection=redis).get_status() == "started"  # orphaned
 
-    with running_worker(env):
+    with cmg_process(env, "worker", "--queues", "embed"):
         wait_for(lambda: embedded_count(db, ids) == ITEMS)
         wait_for(lambda: Job.fetch(job_id, connection=redis).get_status() == "finished")
 

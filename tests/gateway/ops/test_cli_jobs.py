@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,10 +19,11 @@ from gateway.ops.cli import main
 from memory.embedder import LOCAL_MODEL, LocalMiniLM
 from memory.outbox import backlog_sync
 from memory.schema import MemoryItem, OutboxRow, Workspace
-from tests.conftest import ROOT, Services
+from tests.conftest import Services
 from tests.jobs import (
     add_items,
     cmg,
+    cmg_process,
     expected_term_stats,
     new_workspace,
     push,
@@ -57,23 +54,12 @@ def _url(redis: Redis) -> str:
 
 def _run_scheduler(env: dict[str, str], redis: Redis, ready: Callable[[], bool]) -> None:
     """Start ``cmg scheduler``, wait until ``ready()`` and one more poll, then stop it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "scheduler"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with cmg_process(env, "scheduler") as proc:
         deadline = time.monotonic() + 30
         while not ready():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(schedule.SCHEDULER_POLL_SECONDS + 0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 def test_restarting_the_scheduler_keeps_one_copy_of_each_periodic_job(
