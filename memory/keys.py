@@ -54,6 +54,10 @@ _ABSOLUTE = re.compile(
 )
 _YEAR = re.compile(r"\b((?:19|20)\d\d)\b")
 _ISO = re.compile(r"\b((?:19|20)\d\d)-(\d\d)-(\d\d)\b")
+# "as of December 2023" is when a state is taken, not when anything happened: no date key.
+_AS_OF = re.compile(
+    rf"\bas of (?:the )?(?:{_ISO.pattern}|{_ABSOLUTE.pattern}|{_YEAR.pattern})", re.IGNORECASE
+)
 _WHEN = re.compile(
     r"\b(when|what (?:date|day|time|year|month)|how long|which (?:year|month|day)|"
     r"how many (?:years|months|weeks|days))\b",
@@ -112,13 +116,14 @@ def query_keys(question: str) -> QueryKeys:
     """The names, dates and kind of a question; its dates exactly as precise as written."""
     question = question[:20000]
     dates: set[str] = set()
-    for year, month, day in _written(question):
+    dated = _AS_OF.sub(" ", question)
+    for year, month, day in _written(dated):
         if year is None:
             dates.add(f"moy:{month:02d}")
             continue
         day = day if day is not None and 1 <= day <= 31 else None  # out of range: the month
         dates.update(_date_keys(_safe_date(year, month, day or 15), _precision(day)))
-    for match in _YEAR.finditer(question):
+    for match in _YEAR.finditer(dated):
         dates.add(f"year:{match.group(1)}")
     return QueryKeys(frozenset(names(question)), frozenset(dates), bool(_WHEN.search(question)))
 

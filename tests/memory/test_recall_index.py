@@ -138,6 +138,15 @@ def test_a_question_dates_as_precisely_as_it_is_written() -> None:
     assert item_keys.query_keys("How many years has he lived there?").when
 
 
+def test_an_as_of_date_is_not_when_something_happened() -> None:
+    # "as of" names the moment a state is taken: the turns that changed it are from before.
+    as_of = item_keys.query_keys("How many pets will Andrew have, as of December 2023?")
+    assert as_of.dates == frozenset() and as_of.names == {"andrew"}
+    assert item_keys.query_keys("Where did he live as of 2021-03-05?").dates == frozenset()
+    both = item_keys.query_keys("As of May 2023, what had she bought in March 2023?")
+    assert both.dates == {"month:2023-03", "moy:03", "year:2023"}
+
+
 def test_item_dates_keep_their_precision_and_durations_count_as_time() -> None:
     july = datetime(2023, 7, 17, 9, 0)
     own = set(item_keys.item_keys("Melanie: hi!", july))
