@@ -6,6 +6,8 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from bench import bm25, conversations, recall_score
 from bench.conversations import Question
 
@@ -72,3 +74,16 @@ def test_eval_says_when_the_locomo_data_is_absent(tmp_path: Path) -> None:
     sets = recall_eval._sets(args, notes)
     assert [s.name for s in sets] == ["synthetic"]
     assert len(notes) == 1 and "absent" in notes[0]
+
+
+def test_the_held_out_interval_brackets_the_mean_and_narrows_with_more_questions() -> None:
+    from bench.fit_ranker import interval
+
+    few = [1.0, 0.0] * 20
+    many = few * 25
+    low, high = interval(few)
+    assert low < 0.5 < high
+    assert interval(few) == (low, high)  # seeded: the same figures on every run
+    wide, narrow = high - low, interval(many)[1] - interval(many)[0]
+    assert 0 < narrow < wide / 2
+    assert interval([0.7] * 30) == pytest.approx((0.7, 0.7))
