@@ -42,7 +42,8 @@ def async_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 
 class ReadPool:
-    """Plain psycopg connections in autocommit, for the recall reads on the request path.
+    """Plain psycopg connections in autocommit, for the request path: recall's reads, and the
+    chat turn's write (``store.write_turn``: one transaction of two statements of its own).
 
     SQLAlchemy's pool hands them out (a server that is down fails the checkout at once rather
     than queueing it), but nothing else of SQLAlchemy runs: no Session, no BEGIN and ROLLBACK,

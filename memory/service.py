@@ -182,23 +182,26 @@ class Memory:
         recalled: Recalled | None,
     ) -> None:
         """Commit the turn (when writing) and what was injected, then wake the outbox relay."""
-        async with self.sessions.begin() as session:
+        injection = None
+        if recalled is not None:
+            injected = recalled.injected
+            ids = [h.id for h in injected.items]
+            if injected.summary is not None:
+                ids.insert(0, injected.summary.id)
+            injection = store.InjectionRecord(
+                request_id, ids, injected.tokens,
+                {"dropped_turns": recalled.dropped, "timings_ms": {
+                    k: round(v * 1000, 2) for k, v in recalled.timings.items()},
+                 "placement": recalled.placement and recalled.placement.as_json()},
+            )  # fmt: skip
+        async with self.reads.connection() as conn:
             if write and scope.thread_id is not None:
-                await store.save_turn(
-                    session, scope, messages, answer,
-                    summary_threshold=self.knobs.summary_threshold,
+                await store.write_turn(
+                    conn, scope, messages, answer,
+                    summary_threshold=self.knobs.summary_threshold, injection=injection,
                 )  # fmt: skip
-            if recalled is not None:
-                injected = recalled.injected
-                ids = [h.id for h in injected.items]
-                if injected.summary is not None:
-                    ids.insert(0, injected.summary.id)
-                await store.record_injection(
-                    session, request_id, scope, ids, injected.tokens,
-                    {"dropped_turns": recalled.dropped, "timings_ms": {
-                        k: round(v * 1000, 2) for k, v in recalled.timings.items()},
-                     "placement": recalled.placement and recalled.placement.as_json()},
-                )  # fmt: skip
+            elif injection is not None:
+                await store.record_injection(conn, scope, injection)
         self.kick()
 
     def kick(self) -> None:

@@ -315,6 +315,15 @@ def make_tenant(services: Services, expires_in_days: float | None = None) -> Ten
     return Tenant(name, secret, info.id)
 
 
+def new_workspace_id(services: Services) -> str:
+    """A fresh workspace's id, for tests that write its rows directly."""
+    name = make_tenant(services).name
+    with psycopg.connect(services.database_url) as conn:
+        row = conn.execute("SELECT id FROM workspaces WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 @pytest.fixture
 def tenant(services: Services) -> Tenant:
     return make_tenant(services)

@@ -219,7 +219,7 @@ class Turn:
                 self.plan.scope, self.chat.messages, answer_message, write=self.plan.write,
                 request_id=self.obs.request_id, recalled=self.recalled,
             )  # fmt: skip
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, psycopg.Error, OSError) as exc:
             log.error("could not store the turn of %s: %s", self.obs.request_id, type(exc).__name__)
             raise ServiceUnavailable(
                 "the answer could not be stored in memory; retry", code="memory_unavailable"

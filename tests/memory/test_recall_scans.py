@@ -27,18 +27,10 @@ from memory.recall import (
     vector_leg,
     vector_literal,
 )
-from tests.conftest import Services, make_tenant
+from tests.conftest import Services, new_workspace_id
 
 T = TypeVar("T")
 DIM = 384
-
-
-def workspace(services: Services) -> str:
-    name = make_tenant(services).name
-    with psycopg.connect(services.database_url) as conn:
-        row = conn.execute("SELECT id FROM workspaces WHERE name = %s", (name,)).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def insert(services: Services, workspace_id: str, user: str, vectors: np.ndarray,
@@ -83,7 +75,7 @@ def read(services: Services, work: Callable[[Any], Awaitable[T]]) -> T:
 def scopes(services: Services) -> dict[str, Any]:
     """Alice's 200 items, Bob's 200 in the same workspace, Alice's 200 in another one."""
     rng = np.random.default_rng(11)
-    ws, other = workspace(services), workspace(services)
+    ws, other = new_workspace_id(services), new_workspace_id(services)
     alice, bob, elsewhere = unit(rng, 200), unit(rng, 200), unit(rng, 200)
     return {
         "ws": ws, "other": other, "query": unit(rng, 1)[0], "alice": alice,
@@ -194,10 +186,10 @@ def test_the_entity_leg_across_a_workspace_returns_the_newest_items_sharing_a_ke
     services: Services,
 ) -> None:
     rng = np.random.default_rng(12)
-    ws = workspace(services)
+    ws = new_workspace_id(services)
     keys = [["year:2024"] + (["name:zed"] if i % 25 == 0 else []) for i in range(300)]
     ids = insert(services, ws, "carol", unit(rng, 300), keys)
-    insert(services, workspace(services), "carol", unit(rng, 50), [["name:zed"]] * 50)
+    insert(services, new_workspace_id(services), "carol", unit(rng, 50), [["name:zed"]] * 50)
 
     async def legs(conn: Any) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
         common = await entity_leg(conn, Filters(ws), ["year:2024"], 20)
