@@ -3,8 +3,10 @@ usage accounted, ``wait=true`` bounded, ``/metrics`` behind a token, ``/readyz``
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +17,15 @@ from redis import Redis
 from redis.exceptions import AuthenticationError
 
 from gateway.ops import local_services
-from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, make_tenant
+from tests.conftest import (
+    MASTER_KEY,
+    Gateway,
+    Services,
+    Tenant,
+    gateway_env,
+    make_tenant,
+    own_database,
+)
 from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
@@ -136,51 +146,58 @@ def test_budget_closes_embeddings_and_memory_but_not_deletes(
     assert forgotten.status_code == 200, forgotten.text
 
 
+@dataclass
+class Closed:
+    gateway: Gateway
+    services: Services  # its own database: see below
+
+
 @pytest.fixture(scope="module")
-def closed_gateway(
+def closed(
     services: Services,
     mock: MockUpstream,
     providers: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
+) -> Iterator[Closed]:
     """A gateway with a metrics token, a 1 s memory wait and a Redis of its own that requires a
     password (no worker listens there, so nothing it stores gets embedded). The limiter does
-    not fail open, so a Redis refusing the gateway would show as 503s."""
+    not fail open, so a Redis refusing the gateway would show as 503s. Its database is its own
+    too: the outbox is per database, and the session gateway's relay would otherwise push this
+    gateway's jobs to the session worker (``own_database``)."""
     redis = local_services.start_redis(tmp_path_factory.mktemp("locked-redis"))
     with Redis.from_url(redis.url) as admin:
         admin.config_set("requirepass", REDIS_PASSWORD)
-    env = gateway_env(
-        services, mock, providers,
-        REDIS_URL=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/0",
-        CMG_RATELIMIT_FAIL_OPEN="false",
-        CMG_METRICS_TOKEN=METRICS_TOKEN, CMG_MEMORY_WAIT_SECONDS="1",
-    )  # fmt: skip
-    gw = Gateway(env, tmp_path_factory.mktemp("closed") / "gw.log")
-    try:
-        yield gw
-    finally:
-        gw.stop()
-        redis.stop()
+    with own_database(services) as url:
+        mine = dataclasses.replace(services, database_url=url)
+        env = gateway_env(
+            mine, mock, providers,
+            REDIS_URL=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/0",
+            CMG_RATELIMIT_FAIL_OPEN="false",
+            CMG_METRICS_TOKEN=METRICS_TOKEN, CMG_MEMORY_WAIT_SECONDS="1",
+        )  # fmt: skip
+        gw = Gateway(env, tmp_path_factory.mktemp("closed") / "gw.log")
+        try:
+            yield Closed(gw, mine)
+        finally:
+            gw.stop()
+            redis.stop()
 
 
-def test_a_redis_with_a_password_serves_limits_and_readiness(
-    closed_gateway: Gateway, services: Services
-) -> None:
-    tenant = make_tenant(services)
-    with httpx.Client(base_url=closed_gateway.url, timeout=10) as http:
+def test_a_redis_with_a_password_serves_limits_and_readiness(closed: Closed) -> None:
+    tenant = make_tenant(closed.services)
+    with httpx.Client(base_url=closed.gateway.url, timeout=10) as http:
         assert _admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 1})
         assert _embed(http, tenant).status_code == 200
         assert assert_error_shape(_search(http, tenant), 429)["code"] == "rate_limit_exceeded"
         assert http.get("/readyz").json()["checks"]["redis"] == {"ok": True}
     with pytest.raises(AuthenticationError):  # and it is closed to anyone without it
-        Redis(port=urlsplit(closed_gateway.env["REDIS_URL"]).port).get("x")
+        Redis(port=urlsplit(closed.gateway.env["REDIS_URL"]).port).get("x")
 
 
-def test_wait_true_gives_up_at_the_configured_maximum_with_a_clear_answer(
-    closed_gateway: Gateway, tenant: Tenant
-) -> None:
+def test_wait_true_gives_up_at_the_configured_maximum_with_a_clear_answer(closed: Closed) -> None:
+    tenant = make_tenant(closed.services)
     body = {"items": [{"content": "never embedded here"}, {"content": "nor this"}]}
-    with httpx.Client(base_url=closed_gateway.url, timeout=30) as http:
+    with httpx.Client(base_url=closed.gateway.url, timeout=30) as http:
         for wait in ("true", "60"):  # asking for more than the maximum gets the maximum
             added = http.post(
                 "/v1/memory/items", params={"wait": wait}, json=body, headers=_auth(tenant)
@@ -195,8 +212,8 @@ def test_wait_true_gives_up_at_the_configured_maximum_with_a_clear_answer(
         assert assert_error_shape(bad, 400)["param"] == "wait"
 
 
-def test_metrics_need_the_token_when_one_is_set(closed_gateway: Gateway) -> None:
-    with httpx.Client(base_url=closed_gateway.url) as http:
+def test_metrics_need_the_token_when_one_is_set(closed: Closed) -> None:
+    with httpx.Client(base_url=closed.gateway.url) as http:
         assert assert_error_shape(http.get("/metrics"), 401)["code"] == "invalid_metrics_token"
         wrong = http.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert assert_error_shape(wrong, 401)["code"] == "invalid_metrics_token"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import local_services
-from tests.conftest import MASTER_KEY, Gateway, Services, Tenant, gateway_env, usage_rows
+from tests.conftest import (
+    MASTER_KEY,
+    Gateway,
+    Services,
+    Tenant,
+    gateway_env,
+    make_tenant,
+    own_database,
+    usage_rows,
+)
 from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
 
@@ -133,24 +143,28 @@ def test_workspace_limit_applies_across_its_keys(
 
 
 def test_limiter_fails_open_when_redis_is_down(
-    services: Services, mock: MockUpstream, providers: Path, tmp_path: Path, tenant: Tenant
+    services: Services, mock: MockUpstream, providers: Path, tmp_path: Path
 ) -> None:
+    # A Redis of its own, so a database of its own too: the outbox is per database, and this
+    # gateway's relay would push other tests' pending jobs to a Redis that is then stopped.
     redis = local_services.start_redis(tmp_path / "own-redis")
-    env = gateway_env(services, mock, providers, REDIS_URL=redis.url)
-    gw = Gateway(env, tmp_path / "gw.log")
-    try:
-        with httpx.Client(base_url=gw.url) as http:
-            admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 1})
-            redis.stop()
-            with gw.client(tenant.key) as client:
-                for _ in range(3):  # over the limit, but the limiter cannot be asked
-                    client.chat.completions.create(
-                        model="mock/gpt", messages=USER, extra_headers=OFF
-                    )
-            text = http.get("/metrics").text
-        assert _sample(text, "cmg_ratelimit_fail_open_total") >= 3
-    finally:
-        gw.stop()
+    with own_database(services) as url:
+        mine = dataclasses.replace(services, database_url=url)
+        tenant = make_tenant(mine)
+        gw = Gateway(gateway_env(mine, mock, providers, REDIS_URL=redis.url), tmp_path / "gw.log")
+        try:
+            with httpx.Client(base_url=gw.url) as http:
+                admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 1})
+                redis.stop()
+                with gw.client(tenant.key) as client:
+                    for _ in range(3):  # over the limit, but the limiter cannot be asked
+                        client.chat.completions.create(
+                            model="mock/gpt", messages=USER, extra_headers=OFF
+                        )
+                text = http.get("/metrics").text
+            assert _sample(text, "cmg_ratelimit_fail_open_total") >= 3
+        finally:
+            gw.stop()
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
