@@ -194,8 +194,11 @@ class Memory:
                     k: round(v * 1000, 2) for k, v in recalled.timings.items()},
                  "placement": recalled.placement and recalled.placement.as_json()},
             )  # fmt: skip
+        turn = write and scope.thread_id is not None
+        if not turn and injection is None:
+            return  # nothing to store: no connection taken
         async with self.reads.connection() as conn:
-            if write and scope.thread_id is not None:
+            if turn:
                 await store.write_turn(
                     conn, scope, messages, answer,
                     summary_threshold=self.knobs.summary_threshold, injection=injection,

@@ -17,14 +17,14 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.offload import offload, text_size
 from memory.outbox import EMBED, SUMMARIZE, record
 from memory.redact import redact, redact_metadata
-from memory.schema import MemoryItem, Thread
+from memory.schema import MemoryItem
 from memory.tokens import count_text
 
 _COUNT_MODEL = "gpt-4o"  # token counts of stored items: o200k, the common modern encoding
@@ -103,18 +103,15 @@ async def write_turn(
     turns = conversation(messages)
     if answer is not None:
         turns = [*turns, answer]
-    workspace = uuid.UUID(scope.workspace_id)
     async with conn.transaction():
-        cursor = await conn.execute(
-            _LOCK_THREAD, {"ws": workspace, "thread": scope.thread_id, "end_user": scope.end_user}
-        )
+        cursor = await conn.execute(_LOCK_THREAD, _thread_params(scope))
         locked = await cursor.fetchone()
         assert locked is not None
         new = [(p, m) for p, m in enumerate(turns) if p >= locked[0]]
         rows = await offload(text_size(m for _, m in new), _message_rows, scope, new)
         params = {
-            "ws": workspace, "ws_text": scope.workspace_id, "thread": scope.thread_id,
-            "end_user": scope.end_user, "turns": len(turns), "facts": scope.facts,
+            **_thread_params(scope), "ws_text": scope.workspace_id, "turns": len(turns),
+            "facts": scope.facts,
             "threshold": summary_threshold, "embed": EMBED, "summarize": SUMMARIZE,
             "ids": [r["id"] for r in rows], "roles": [r["role"] for r in rows],
             "positions": [r["position"] for r in rows], "contents": [r["content"] for r in rows],
@@ -123,9 +120,9 @@ async def write_turn(
         }  # fmt: skip
         sql = _SAVE_TURN
         if injection is not None:
-            sql += _INJECTED
-            params.update(_injection_params(injection, scope))
-        cursor = await conn.execute(sql + _SAVED, params)
+            sql += f", injected AS ({_INJECTION})"
+            params.update(_injection_params(injection))
+        cursor = await conn.execute(sql + "\nSELECT ids FROM thread", params)
         saved = await cursor.fetchone()
     return [uuid.UUID(i) for i in saved[0]] if saved else []
 
@@ -134,11 +131,7 @@ async def record_injection(
     conn: AsyncConnection[Any], scope: Scope, injection: InjectionRecord
 ) -> None:
     """What a request got injected, when it stores no turn (one statement, autocommit)."""
-    await conn.execute(
-        "WITH " + _INJECTED.removeprefix(", ") + " SELECT 1",
-        _injection_params(injection, scope) | {"ws": uuid.UUID(scope.workspace_id),
-                                               "thread": scope.thread_id},
-    )  # fmt: skip
+    await conn.execute(_INJECTION, _thread_params(scope) | _injection_params(injection))
 
 
 @dataclass(frozen=True)
@@ -151,7 +144,12 @@ class InjectionRecord:
     detail: dict[str, Any]
 
 
-def _injection_params(injection: InjectionRecord, scope: Scope) -> dict[str, Any]:
+def _thread_params(scope: Scope) -> dict[str, Any]:
+    return {"ws": uuid.UUID(scope.workspace_id), "thread": scope.thread_id,
+            "end_user": scope.end_user}  # fmt: skip
+
+
+def _injection_params(injection: InjectionRecord) -> dict[str, Any]:
     return {"request_id": injection.request_id, "injected_ids": injection.item_ids,
             "injected_tokens": injection.tokens, "detail": dumps(injection.detail)}  # fmt: skip
 
@@ -209,13 +207,11 @@ WITH new (id, role, position, content, content_hash, token_count, metadata) AS (
     WHERE v.wanted
 )"""
 # A repeated request id (a client retry) keeps the first record.
-_INJECTED = """, injected AS (
+_INJECTION = """
     INSERT INTO injections (request_id, workspace_id, thread_id, item_ids, tokens, detail)
     VALUES (%(request_id)s, %(ws)s, %(thread)s, %(injected_ids)s::uuid[], %(injected_tokens)s,
             %(detail)s::jsonb)
-    ON CONFLICT (workspace_id, request_id) DO NOTHING
-)"""
-_SAVED = "\nSELECT ids FROM thread"
+    ON CONFLICT (workspace_id, request_id) DO NOTHING"""
 
 
 async def add_items(
@@ -223,31 +219,16 @@ async def add_items(
 ) -> list[uuid.UUID]:
     """Notes (or facts, or messages) added through the memory API."""
     scope = Scope(workspace_id, None, None, pii)
+    connection = await session.connection()
     for item in items:
-        if item.thread_id:
-            await _lock_thread(session, Scope(workspace_id, item.thread_id, item.end_user, pii))
+        if item.thread_id:  # the thread row, created or locked as a chat turn's write does it
+            thread = Scope(workspace_id, item.thread_id, item.end_user)
+            await connection.exec_driver_sql(_LOCK_THREAD, _thread_params(thread))
     size = sum(len(i.content) + (len(dumps(i.metadata)) if i.metadata else 0) for i in items)
     rows = await offload(size, lambda: [_row(scope, item, None) for item in items])
     ids = await _insert(session, rows, conflict_on_position=False)
     record(session, EMBED, "embed_items", item_ids=[str(i) for i in ids])
     return ids
-
-
-async def _lock_thread(session: AsyncSession, scope: Scope) -> Thread:
-    workspace = uuid.UUID(scope.workspace_id)
-    await session.execute(
-        insert(Thread)
-        .values(workspace_id=workspace, id=scope.thread_id, end_user=scope.end_user)
-        .on_conflict_do_nothing()
-    )
-    thread = await session.scalar(
-        select(Thread)
-        .where(Thread.workspace_id == workspace, Thread.id == scope.thread_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert thread is not None
-    return thread
 
 
 def _message_rows(scope: Scope, new: list[tuple[int, Any]]) -> list[dict[str, Any]]:
