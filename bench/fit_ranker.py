@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import conversations
 from bench.conversations import Question
-from bench.recall_dev import Corpus, loaded, memory_for, scores
+from bench.recall_dev import Corpus, in_overall, loaded, memory_for, recall_at, scores
 from memory.ranker import DEFAULT_PATH, FEATURES, Ranker, fit_lists
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = sorted({s.group for s in samples})
     for group in groups:
         mine = [s for s in samples if s.group == group]
-        found = sum(_ceiling(s) for s in mine) / len(mine)
+        found = sum(recall_at(s.question, s.keys) for s in mine) / len(mine)
         per = sum(len(s.rows) for s in mine) / len(mine)
         print(f"{group}: evidence among the candidates (the ceiling) {found:.3f}, {per:.0f} each")
     print("| held out | questions | RRF R@10 | ranker R@10 | 95% interval | RRF MRR | ranker MRR |")
@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         before = scores([s.question for s in test], [s.keys for s in test])["overall"]
         ranked = [_rank(model, s) for s in test]
         after = scores([s.question for s in test], ranked)["overall"]
-        counted = [(s.question, r) for s, r in zip(test, ranked, strict=True)
-                   if s.question.category != "adversarial"]  # fmt: skip
-        low, high = interval([_recall_at_10(q, r) for q, r in counted])
+        per_question = zip((s.question for s in test), ranked, strict=True)
+        low, high = interval([recall_at(q, r, 10) for q, r in per_question if in_overall(q)])
         print(f"| {group} | {len(test)} | {before[1]:.3f} | {after[1]:.3f} | {low:.3f}-{high:.3f} "
               f"| {before[3]:.3f} | {after[3]:.3f} |")  # fmt: skip
     weights, bias = _fit(samples, args.l2)
@@ -101,16 +100,6 @@ def interval(values: Sequence[float], rounds: int = 2000, seed: int = 0) -> tupl
     rng = random.Random(seed)
     means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(rounds))
     return means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
-
-
-def _recall_at_10(question: Question, ranking: Sequence[str]) -> float:
-    top = set(ranking[:10])
-    return sum(1 for g in question.gold if g & top) / len(question.gold)
-
-
-def _ceiling(sample: Sample) -> float:
-    keys = set(sample.keys)
-    return sum(1 for g in sample.question.gold if g & keys) / len(sample.question.gold)
 
 
 def _group(corpus: str, question: Question) -> str:

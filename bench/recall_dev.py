@@ -213,15 +213,26 @@ def scores(
     """Per category (and "overall" = every category but adversarial): R@5, R@10, R@20, MRR."""
     by: dict[str, list[list[float]]] = defaultdict(list)
     for q, ranking in zip(questions, rankings, strict=True):
-        row = [sum(1 for g in q.gold if g & set(ranking[:k])) / len(q.gold) for k in KS]
+        row = [recall_at(q, ranking, k) for k in KS]
         first = next(
             (i for i, key in enumerate(ranking[:100], 1) if any(key in g for g in q.gold)), None
         )
         row.append(1 / first if first else 0.0)
         by[q.category].append(row)
-        if q.category != "adversarial":
+        if in_overall(q):
             by["overall"].append(row)
     return {c: [sum(col) / len(rows) for col in zip(*rows, strict=True)] for c, rows in by.items()}
+
+
+def recall_at(question: Question, ranking: Sequence[str], k: int | None = None) -> float:
+    """The share of the question's evidence groups with a turn in the top ``k`` (all: None)."""
+    top = set(ranking[:k])
+    return sum(1 for g in question.gold if g & top) / len(question.gold)
+
+
+def in_overall(question: Question) -> bool:
+    """Whether a question counts in "overall": every category but adversarial."""
+    return question.category != "adversarial"
 
 
 def table(questions: Sequence[Question], rows: dict[str, list[list[str]]]) -> str:
