@@ -142,6 +142,14 @@ def own_database(services: Services) -> Iterator[str]:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def own_services(services: Services, redis_url: str | None = None) -> Iterator[Services]:
+    """The session's services with a database of their own (``own_database``) and, when given,
+    a Redis of their own: a gateway with its own Redis needs its own outbox too."""
+    with own_database(services) as url:
+        yield Services(url, redis_url or services.redis_url, services.data_dir)
+
+
 def clean_env() -> dict[str, str]:
     """This process's environment without any gateway setting: a child sees only the test's."""
     return {

@@ -3,7 +3,6 @@ usage accounted, ``wait=true`` bounded, ``/metrics`` behind a token, ``/readyz``
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tests.conftest import (
     Tenant,
     gateway_env,
     make_tenant,
-    own_database,
+    own_services,
 )
 from tests.gateway.surfaces.test_errors import assert_error_shape
 from tests.mock_upstream import MockUpstream
@@ -167,12 +166,10 @@ def closed(
     redis = local_services.start_redis(tmp_path_factory.mktemp("locked-redis"))
     with Redis.from_url(redis.url) as admin:
         admin.config_set("requirepass", REDIS_PASSWORD)
-    with own_database(services) as url:
-        mine = dataclasses.replace(services, database_url=url)
+    locked = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/0"
+    with own_services(services, locked) as mine:
         env = gateway_env(
-            mine, mock, providers,
-            REDIS_URL=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/0",
-            CMG_RATELIMIT_FAIL_OPEN="false",
+            mine, mock, providers, CMG_RATELIMIT_FAIL_OPEN="false",
             CMG_METRICS_TOKEN=METRICS_TOKEN, CMG_MEMORY_WAIT_SECONDS="1",
         )  # fmt: skip
         gw = Gateway(env, tmp_path_factory.mktemp("closed") / "gw.log")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from tests.conftest import (
     Tenant,
     gateway_env,
     make_tenant,
-    own_database,
+    own_services,
     usage_rows,
 )
 from tests.gateway.surfaces.test_errors import assert_error_shape
@@ -148,10 +147,9 @@ def test_limiter_fails_open_when_redis_is_down(
     # A Redis of its own, so a database of its own too: the outbox is per database, and this
     # gateway's relay would push other tests' pending jobs to a Redis that is then stopped.
     redis = local_services.start_redis(tmp_path / "own-redis")
-    with own_database(services) as url:
-        mine = dataclasses.replace(services, database_url=url)
+    with own_services(services, redis.url) as mine:
         tenant = make_tenant(mine)
-        gw = Gateway(gateway_env(mine, mock, providers, REDIS_URL=redis.url), tmp_path / "gw.log")
+        gw = Gateway(gateway_env(mine, mock, providers), tmp_path / "gw.log")
         try:
             with httpx.Client(base_url=gw.url) as http:
                 admin(http, "PATCH", f"/admin/keys/{tenant.key_id}", json={"rpm_limit": 1})
